@@ -1,0 +1,1 @@
+"""Users, organisations (tenants), memberships and roles: the identity and tenancy layer."""

@@ -1,0 +1,1 @@
+"""Providers, the LLM choke point, agents, tools and the agent runtime."""

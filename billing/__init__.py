@@ -1,0 +1,1 @@
+"""Usage metering, pricing, spend caps, credits and plans."""

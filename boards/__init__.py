@@ -1,0 +1,1 @@
+"""Mission control: boards, tasks, approvals and the agent-facing board API."""

@@ -1,0 +1,1 @@
+"""Conversations, the streaming turn, the OpenAI-compatible API and WebSocket RPC."""

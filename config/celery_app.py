@@ -1,0 +1,11 @@
+"""The Celery app: settings from Django (CELERY_* names), tasks autodiscovered from every app."""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
+
+app = Celery("platform")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()

@@ -1,0 +1,21 @@
+"""Root URL configuration: probes, the API, its schema and docs, the admin."""
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from core.api.urls import api_urlpatterns as core_api
+from core.api.urls import probe_urlpatterns
+
+urlpatterns = [
+    *probe_urlpatterns,
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("api/v1/", include(core_api)),
+    path("admin/", admin.site.urls),
+]
+
+handler400 = "core.errors.handlers.handler400"
+handler403 = "core.errors.handlers.handler403"
+handler404 = "core.errors.handlers.handler404"
+handler500 = "core.errors.handlers.handler500"

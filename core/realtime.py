@@ -1,0 +1,88 @@
+"""Publish and follow realtime events through one helper that hides which channel layer is in use.
+
+With Redis (production) a publish reaches every process at once. With the in-memory layer (the
+embedded default) it reaches only the publishing process, so followers also re-read the database
+every ``STREAM_POLL_SECONDS``: the database stays the source of truth, the push only wakes them up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.conf import settings
+from django.db import transaction
+
+logger = logging.getLogger(__name__)
+
+EVENT_TYPE = "realtime.event"
+
+
+def pushes_across_processes() -> bool:
+    """True when a publish in a worker reaches a stream served by a web process."""
+    layer = get_channel_layer()
+    return layer is not None and not isinstance(layer, InMemoryChannelLayer)
+
+
+def follow_interval() -> float:
+    """How long a follower waits for a push before it re-reads the database anyway."""
+    if pushes_across_processes():
+        return settings.SSE_KEEPALIVE_SECONDS
+    return settings.STREAM_POLL_SECONDS
+
+
+async def apublish(group: str, event: dict[str, Any]) -> None:
+    """Send an event to every follower of ``group``; a layer outage is logged, never raised."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        await layer.group_send(group, {"type": EVENT_TYPE, "event": event})
+    except Exception:  # realtime is best effort: followers re-read the database anyway
+        logger.warning("realtime publish to %s failed", group, exc_info=True)
+
+
+def publish(group: str, event: dict[str, Any]) -> None:
+    """Sync flavour of :func:`apublish`, for services and Celery tasks."""
+    async_to_sync(apublish)(group, event)
+
+
+def publish_on_commit(group: str, event: dict[str, Any]) -> None:
+    """Publish once the surrounding transaction commits, so followers read committed rows."""
+    transaction.on_commit(lambda: publish(group, event))
+
+
+class Subscription:
+    """``async with Subscription(group) as sub: event = await sub.next(timeout)``."""
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+        self.layer = get_channel_layer()
+        self.channel: str | None = None
+
+    async def __aenter__(self) -> Subscription:
+        if self.layer is not None:
+            self.channel = await self.layer.new_channel()
+            await self.layer.group_add(self.group, self.channel)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self.layer is not None and self.channel is not None:
+            try:
+                await self.layer.group_discard(self.group, self.channel)
+            except Exception:
+                logger.debug("group_discard failed for %s", self.group, exc_info=True)
+
+    async def next(self, timeout: float) -> dict[str, Any] | None:
+        """The next published event, or None after ``timeout`` seconds without one."""
+        if self.layer is None or self.channel is None:
+            await asyncio.sleep(timeout)
+            return None
+        try:
+            message = await asyncio.wait_for(self.layer.receive(self.channel), timeout)
+        except TimeoutError:
+            return None
+        return message.get("event")

@@ -1,0 +1,1 @@
+"""Knowledge bases, ingestion, embeddings, retrieval and agent memory."""
