@@ -11,3 +11,20 @@ CACHES["default"]["KEY_PREFIX"] = "test-" + env.str("PYTEST_XDIST_WORKER", defau
 LOG_LEVEL = "WARNING"
 LOGGING["root"]["level"] = "WARNING"  # noqa: F405
 STREAM_POLL_SECONDS = 0.2
+RATE_LIMITS = {"key": "100000/minute", "user": "100000/minute", "anon": "100000/minute"}
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+    # A file, not memory, so that a real server started by a test (daphne) sees the same rows.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}  # noqa: F405
+
+if CELERY_BROKER_URL.startswith("filesystem://"):  # noqa: F405
+    # Tests never share the broker folder of a stack that `make run` may have running.
+    _test_broker = VAR_DIR / "test-broker"  # noqa: F405
+    (_test_broker / "in").mkdir(parents=True, exist_ok=True)
+    (_test_broker / "processed").mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_test_broker / "in"),
+        "data_folder_out": str(_test_broker / "in"),
+        "processed_folder": str(_test_broker / "processed"),
+        "store_processed": False,
+    }
