@@ -1,15 +1,137 @@
-"""DRF authentication classes; each one also resolves the tenant of the request."""
+"""DRF authentication: API keys (``Authorization: Bearer`` or ``X-Agent-Token``) and sessions.
+
+Each class also resolves the tenant: ``request.org`` and ``request.role`` (the effective role,
+which for a personal key is never above its user's current role), plus ``request.api_key``.
+Failures with a key are recorded as security events.
+"""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.utils import timezone
 from rest_framework import authentication, exceptions
 
-from accounts.selectors import membership_for_request
+from accounts import keys
+from accounts.models import ApiKey, Role, SecurityEvent
+from accounts.selectors import api_key_for_auth, membership_for_request
+from accounts.services.audit import security_event_record
+from core import context
+
+# last_used_at is written at most this often per key, so a busy key costs no extra write.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 
-def bind_tenant(request, user) -> None:
-    """Set ``request.org`` and ``request.role`` (also on the Django request, for logging)."""
+class KeyAuthenticationFailed(exceptions.AuthenticationFailed):
+    """A presented key was refused; ``error_code`` names why."""
+
+    def __init__(self, detail: str = "Invalid API key.", code: str | None = None) -> None:
+        super().__init__(detail)
+        self.error_code = code or "ERR_AUTHENTICATION_FAILED"
+
+
+def _set_tenant(request, *, org, role, api_key=None) -> None:
+    """Expose the tenant on the DRF request and the Django request below it (for logging)."""
+    for target in (request, getattr(request, "_request", None)):
+        if target is not None:
+            target.org = org
+            target.role = role
+            target.api_key = api_key
+
+
+def effective_role(key: ApiKey) -> str | None:
+    """The role a key acts with: a personal key is capped by its user's current membership."""
+    if key.kind == ApiKey.Kind.PERSONAL:
+        member_role = getattr(key, "member_role", None)
+        if member_role is None:
+            return None
+        if key.role and Role.rank(key.role) < Role.rank(member_role):
+            return key.role
+        return member_role
+    return key.role or Role.MEMBER
+
+
+def _reject(kind: str, message: str, *, key: ApiKey | None = None, identifier: str = "", code=None):
+    security_event_record(
+        kind=kind,
+        org=key.org if key is not None else None,
+        user=key.user if key is not None else None,
+        api_key_id=key.pk if key is not None else None,
+        identifier=identifier or (key.public_id if key is not None else ""),
+    )
+    raise KeyAuthenticationFailed(message, code=code)
+
+
+def authenticate_key(raw: str) -> ApiKey:
+    """Check a presented key; return its row (with ``member_role``) or raise a 401 error."""
+    parsed = keys.parse_key(raw)
+    if parsed is None:
+        _reject(SecurityEvent.Kind.KEY_INVALID, "Invalid API key.", identifier=raw[:16])
+    key = api_key_for_auth(public_id=parsed.public_id)
+    if key is None or key.kind != parsed.kind:
+        _reject(SecurityEvent.Kind.KEY_INVALID, "Invalid API key.", identifier=parsed.public_id)
+    now = timezone.now()
+    current = keys.secret_matches(parsed.secret, key.secret_hash)
+    in_grace = (
+        not current
+        and key.previous_secret_expires_at is not None
+        and key.previous_secret_expires_at > now
+        and keys.secret_matches(parsed.secret, key.previous_secret_hash)
+    )
+    if not (current or in_grace):
+        _reject(SecurityEvent.Kind.KEY_INVALID, "Invalid API key.", key=key)
+    if key.revoked_at is not None or not key.is_active:
+        _reject(SecurityEvent.Kind.KEY_REVOKED, "This API key was revoked.", key=key, code="ERR_KEY_REVOKED")
+    if key.expires_at is not None and key.expires_at <= now:
+        _reject(SecurityEvent.Kind.KEY_EXPIRED, "This API key has expired.", key=key, code="ERR_KEY_EXPIRED")
+    if key.user is not None and not key.user.is_active:
+        _reject(SecurityEvent.Kind.KEY_REVOKED, "The key's user is deactivated.", key=key)
+    if key.org.deletion_requested_at is not None:
+        _reject(SecurityEvent.Kind.KEY_REVOKED, "The key's organisation is being deleted.", key=key)
+    if effective_role(key) is None:
+        _reject(
+            SecurityEvent.Kind.KEY_REVOKED,
+            "The key's user is no longer a member of its organisation.",
+            key=key,
+            code="ERR_KEY_REVOKED",
+        )
+    if key.last_used_at is None or key.last_used_at < now - LAST_USED_RESOLUTION:
+        # A conditional UPDATE: concurrent requests write it once, and at most once a minute.
+        ApiKey.objects.filter(pk=key.pk, last_used_at=key.last_used_at).update(
+            last_used_at=now, last_used_ip=context.current().ip
+        )
+    return key
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    """``Authorization: Bearer <key>``, or ``X-Agent-Token: <agent key>``."""
+
+    def authenticate(self, request):
+        header = request.headers.get("Authorization", "")
+        scheme, _, raw = header.partition(" ")
+        agent_token = request.headers.get("X-Agent-Token")
+        if scheme.lower() == "bearer" and raw.strip():
+            key = authenticate_key(raw.strip())
+        elif agent_token:
+            key = authenticate_key(agent_token.strip())
+            if key.kind != ApiKey.Kind.AGENT:
+                raise KeyAuthenticationFailed("X-Agent-Token takes an agent key.")
+        else:
+            return None
+        requested_org = request.headers.get("X-Org-Id")
+        if requested_org and requested_org != str(key.org_id):
+            raise exceptions.NotFound("Organisation not found.")
+        context.note_api_key(key.pk)
+        _set_tenant(request, org=key.org, role=effective_role(key), api_key=key)
+        return key.user, key
+
+    def authenticate_header(self, request) -> str:
+        return 'Bearer realm="api"'
+
+
+def bind_session_tenant(request, user) -> None:
+    """Tenant of a session: ``X-Org-Id`` (must be a member), else the active org, else the first."""
     org_id = request.headers.get("X-Org-Id") or None
     try:
         membership = membership_for_request(user=user, org_id=org_id)
@@ -17,21 +139,20 @@ def bind_tenant(request, user) -> None:
         raise exceptions.NotFound("Organisation not found.") from exc
     if org_id and membership is None:
         raise exceptions.NotFound("Organisation not found.")
-    org = membership.org if membership else None
-    role = membership.role if membership else None
-    for target in (request, getattr(request, "_request", None)):
-        if target is not None:
-            target.org = org
-            target.role = role
+    _set_tenant(
+        request,
+        org=membership.org if membership else None,
+        role=membership.role if membership else None,
+    )
 
 
 class SessionAuthentication(authentication.SessionAuthentication):
-    """Browser sessions (CSRF enforced on writes); answers 401 rather than 403 when absent."""
+    """Browser sessions; writes need the CSRF token (``X-CSRFToken``)."""
 
     def authenticate(self, request):
         result = super().authenticate(request)
         if result is not None:
-            bind_tenant(request, result[0])
+            bind_session_tenant(request, result[0])
         return result
 
     def authenticate_header(self, request) -> str:

@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from accounts.api.urls import urlpatterns as accounts_api
 from core.api.urls import api_urlpatterns as core_api
 from core.api.urls import probe_urlpatterns
 
@@ -12,7 +13,10 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/v1/", include(core_api)),
+    path("api/v1/", include(accounts_api)),
     path("admin/", admin.site.urls),
+    path("accounts/", include("allauth.urls")),
+    path("_allauth/", include("allauth.headless.urls")),
 ]
 
 handler400 = "core.errors.handlers.handler400"

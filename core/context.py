@@ -1,13 +1,31 @@
-"""Per-request context (request id, org, actor) kept in contextvars, so log lines and errors
-anywhere below a request can name it without passing the request around."""
+"""Per-request context (request id, client IP, user agent) kept in contextvars, so log lines,
+audit rows and errors anywhere below a request can name it without passing the request around.
+Services never see a request object; they read this instead."""
 
 from __future__ import annotations
 
 import re
 import uuid
 from contextvars import ContextVar
+from dataclasses import dataclass
 
-_request_id: ContextVar[str] = ContextVar("request_id", default="-")
+from django.conf import settings
+
+
+@dataclass
+class RequestContext:
+    """What is known about the request being served. ``api_key_id`` is filled in by the
+    authentication layer once it knows the credential."""
+
+    request_id: str = "-"
+    ip: str | None = None
+    user_agent: str = ""
+    path: str = ""
+    api_key_id: object | None = None
+
+
+_OUTSIDE_REQUEST = RequestContext()
+_context: ContextVar[RequestContext] = ContextVar("request_context", default=_OUTSIDE_REQUEST)
 
 # A client-supplied id is echoed only when it is short and plain.
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{8,128}$")
@@ -20,16 +38,46 @@ def new_request_id(client_value: str | None = None) -> str:
     return uuid.uuid4().hex
 
 
-def set_request_id(value: str):
-    """Bind the request id to the current context; returns the token to reset it."""
-    return _request_id.set(value)
+def client_ip(request) -> str | None:
+    """The caller's IP: REMOTE_ADDR, or the right hop of X-Forwarded-For behind NUM_PROXIES."""
+    num_proxies = settings.REST_FRAMEWORK.get("NUM_PROXIES")
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR")
+    if num_proxies and forwarded:
+        hops = [hop.strip() for hop in forwarded.split(",") if hop.strip()]
+        if hops:
+            return hops[-min(num_proxies, len(hops))]
+    return request.META.get("REMOTE_ADDR") or None
 
 
-def reset_request_id(token) -> None:
-    """Restore the previous request id (end of request)."""
-    _request_id.reset(token)
+def bind_request(request, request_id: str):
+    """Bind the request's context; returns the token that :func:`unbind` takes."""
+    return _context.set(
+        RequestContext(
+            request_id=request_id,
+            ip=client_ip(request),
+            user_agent=request.headers.get("User-Agent", "")[:400],
+            path=request.path[:500],
+        )
+    )
+
+
+def unbind(token) -> None:
+    """Restore the previous context (end of request)."""
+    _context.reset(token)
+
+
+def current() -> RequestContext:
+    """The context of the request being served (defaults outside one: Celery, commands)."""
+    return _context.get()
+
+
+def note_api_key(key_id) -> None:
+    """Record the API key the request authenticated with (for audit rows and logs)."""
+    ctx = _context.get()
+    if ctx is not _OUTSIDE_REQUEST:
+        ctx.api_key_id = key_id
 
 
 def current_request_id() -> str:
-    """The id of the request being served, or '-' outside one (Celery, commands)."""
-    return _request_id.get()
+    """The id of the request being served, or '-' outside one."""
+    return _context.get().request_id

@@ -10,8 +10,10 @@ if TYPE_CHECKING:
     from core.services import JobReporter
 
 JobHandler = Callable[["Job", "JobReporter"], Any]
+ErrorObserver = Callable[[Any, Exception, int, str], None]
 
 _job_handlers: dict[str, JobHandler] = {}
+_error_observers: list[ErrorObserver] = []
 
 
 def register_job(kind: str) -> Callable[[JobHandler], JobHandler]:
@@ -38,3 +40,14 @@ def job_handler(kind: str) -> JobHandler | None:
 
 def job_kinds() -> list[str]:
     return sorted(_job_handlers)
+
+
+def register_error_observer(observer: ErrorObserver) -> ErrorObserver:
+    """Call ``observer(request, exc, status, code)`` for every error answer of the API."""
+    if observer not in _error_observers:
+        _error_observers.append(observer)
+    return observer
+
+
+def error_observers() -> list[ErrorObserver]:
+    return list(_error_observers)

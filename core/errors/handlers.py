@@ -15,6 +15,7 @@ from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
 from core.context import current_request_id
+from core.registries import error_observers
 
 from .exceptions import ApplicationError
 
@@ -39,6 +40,15 @@ STATUS_CODES: dict[int, tuple[str, str]] = {
     502: ("ERR_BAD_GATEWAY", "An upstream service failed."),
     503: ("ERR_UNAVAILABLE", "The service is temporarily unavailable."),
 }
+
+
+def notify_error_observers(request, exc: Exception, status: int, code: str) -> None:
+    """Tell registered observers (e.g. the security-event recorder) about an error answer."""
+    for observer in error_observers():
+        try:
+            observer(request, exc, status, code)
+        except Exception:  # an observer must never turn an error answer into a 500
+            logger.exception("error observer %r failed", observer)
 
 
 def is_api_path(path: str) -> bool:
@@ -76,8 +86,13 @@ def _validation_message(detail: Any) -> str:
 
 
 def _drf_error(exc: drf.APIException) -> tuple[int, str, str, dict[str, Any]]:
-    """Status, code, message and details for one of DRF's own exceptions."""
+    """Status, code, message and details for one of DRF's own exceptions.
+
+    A subclass may name its own code with an ``error_code`` attribute.
+    """
     status = exc.status_code
+    if error_code := getattr(exc, "error_code", None):
+        return status, error_code, str(exc.detail), {}
     if isinstance(exc, drf.ValidationError):
         detail = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
         return status, "ERR_VALIDATION", _validation_message(detail), {"fields": detail}
@@ -95,6 +110,7 @@ def _drf_error(exc: drf.APIException) -> tuple[int, str, str, dict[str, Any]]:
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
     """DRF's EXCEPTION_HANDLER: every exception of an API view becomes the envelope."""
+    request = context.get("request")
     headers: dict[str, str] = {}
     if isinstance(exc, ApplicationError):
         status, code, message, details = exc.status_code, exc.code, exc.message, exc.details
@@ -112,7 +128,6 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         if getattr(exc, "wait", None) is not None:
             headers["Retry-After"] = str(max(1, int(exc.wait + 0.999)))
     else:
-        request = context.get("request")
         logger.exception(
             "unhandled error in %s %s",
             getattr(request, "method", "?"),
@@ -120,6 +135,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         )
         status, (code, message) = 500, STATUS_CODES[500]
         details = {"request_id": current_request_id()}
+    notify_error_observers(request, exc, status, code)
     return Response(envelope(code, message, details), status=status, headers=headers)
 
 

@@ -9,7 +9,7 @@ import time
 from django.http import HttpResponseBase
 
 from core import metrics
-from core.context import new_request_id, reset_request_id, set_request_id
+from core.context import bind_request, new_request_id, unbind
 from core.errors.handlers import error_response, is_api_path
 
 from .base import HybridMiddleware
@@ -43,7 +43,7 @@ class RequestContextMiddleware(HybridMiddleware):
     def _begin(self, request):
         request_id = new_request_id(request.headers.get("X-Request-Id"))
         request.request_id = request_id
-        return set_request_id(request_id), time.perf_counter()
+        return bind_request(request, request_id), time.perf_counter()
 
     def _finish(self, request, response: HttpResponseBase, started: float) -> HttpResponseBase:
         if (
@@ -84,11 +84,11 @@ class RequestContextMiddleware(HybridMiddleware):
         try:
             return self._finish(request, self.get_response(request), started)
         finally:
-            reset_request_id(token)
+            unbind(token)
 
     async def ahandle(self, request):
         token, started = self._begin(request)
         try:
             return self._finish(request, await self.get_response(request), started)
         finally:
-            reset_request_id(token)
+            unbind(token)

@@ -1,0 +1,3 @@
+"""API of `accounts`: activity."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""API of `accounts`: keys."""
+
+urlpatterns: list = []

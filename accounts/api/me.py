@@ -1,0 +1,3 @@
+"""API of `accounts`: me."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""API of `accounts`: orgs."""
+
+urlpatterns: list = []

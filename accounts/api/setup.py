@@ -1,0 +1,3 @@
+"""API of `accounts`: setup."""
+
+urlpatterns: list = []

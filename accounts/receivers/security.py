@@ -1,0 +1,1 @@
+"""Security events from failed logins and permission denials."""

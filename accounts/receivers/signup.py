@@ -1,0 +1,1 @@
+"""After an allauth signup: accept the pending invite, or give the new user an org."""

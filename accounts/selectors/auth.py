@@ -1,0 +1,37 @@
+"""Reads behind authentication: the membership a request acts through, and key lookup."""
+
+from __future__ import annotations
+
+from django.db.models import OuterRef, Subquery
+
+from accounts.models import ApiKey, Membership, User
+
+
+def membership_for_request(*, user: User, org_id: str | None = None) -> Membership | None:
+    """The membership a request acts through: the named org, else the active org, else the first."""
+    memberships = Membership.objects.select_related("org").filter(
+        user=user, org__deletion_requested_at__isnull=True
+    )
+    if org_id:
+        return memberships.filter(org_id=org_id).first()
+    if user.active_org_id:
+        found = memberships.filter(org_id=user.active_org_id).first()
+        if found is not None:
+            return found
+    return memberships.first()
+
+
+def api_key_for_auth(*, public_id: str) -> ApiKey | None:
+    """The key row with its org, user and the user's current role in that org: one indexed query.
+
+    ``member_role`` is None when the key's user is no longer a member of the key's org.
+    """
+    member_role = Membership.objects.filter(org_id=OuterRef("org_id"), user_id=OuterRef("user_id")).values(
+        "role"
+    )[:1]
+    return (
+        ApiKey.objects.select_related("org", "user")
+        .annotate(member_role=Subquery(member_role))
+        .filter(public_id=public_id, deleted_at__isnull=True)
+        .first()
+    )
