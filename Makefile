@@ -27,6 +27,7 @@ $(VENV)/.dev-deps: requirements.txt requirements-dev.txt | $(BIN)/python
 
 run: $(VENV)/.run-deps
 	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py ensure_admin
 	exec $(BIN)/python manage.py runstack
 
 test: $(VENV)/.dev-deps

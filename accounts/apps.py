@@ -11,4 +11,4 @@ class AccountsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from accounts import receivers, schema  # noqa: F401 - connect receivers, OpenAPI extensions
+        from accounts import jobs, receivers, schema  # noqa: F401 - handlers, receivers, OpenAPI

@@ -93,6 +93,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "core.middleware.IdempotencyMiddleware",
+    "accounts.middleware.ApiKeyUsageMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -187,13 +188,15 @@ else:
 BROKER_DIR = VAR_DIR / "broker"
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "filesystem://")
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    for sub in ("in", "processed"):
+    for sub in ("in", "processed", "control"):
         (BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         # One folder for both directions: every process of this machine reads and writes it.
         "data_folder_in": str(BROKER_DIR / "in"),
         "data_folder_out": str(BROKER_DIR / "in"),
         "processed_folder": str(BROKER_DIR / "processed"),
+        # Exchange tables; kombu's default is ./control, i.e. wherever the process was started.
+        "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
     }
 CELERY_TASK_IGNORE_RESULT = True  # results live on Job rows, not in a result backend
@@ -216,6 +219,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "core.tasks.purge_idempotency_records",
         "schedule": crontab(minute=17),
         "options": {"expires": 55 * 60},
+    },
+    # Daily at 03:40: drop per-key request log rows older than API_KEY_USAGE_RETENTION_DAYS.
+    "purge-api-key-usage": {
+        "task": "accounts.tasks.purge_api_key_usage",
+        "schedule": crontab(hour=3, minute=40),
+        "options": {"expires": 23 * 3600},
     },
     # Every 5 minutes: jobs whose worker died mid-run are marked failed.
     "fail-stale-jobs": {
@@ -377,6 +386,7 @@ RATE_LIMITS = {
 RATE_LIMIT_ENABLED = env.bool("RATE_LIMIT_ENABLED", default=True)
 
 IDEMPOTENCY_TTL_HOURS = 24
+API_KEY_USAGE_RETENTION_DAYS = env.int("API_KEY_USAGE_RETENTION_DAYS", default=30)
 
 # --- Realtime and jobs -------------------------------------------------------------------------
 # How often a stream re-reads the database when no push can reach it (in-memory channel layer).

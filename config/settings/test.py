@@ -19,11 +19,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
 if CELERY_BROKER_URL.startswith("filesystem://"):  # noqa: F405
     # Tests never share the broker folder of a stack that `make run` may have running.
     _test_broker = VAR_DIR / "test-broker"  # noqa: F405
-    (_test_broker / "in").mkdir(parents=True, exist_ok=True)
-    (_test_broker / "processed").mkdir(parents=True, exist_ok=True)
+    for _sub in ("in", "processed", "control"):
+        (_test_broker / _sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_test_broker / "in"),
         "data_folder_out": str(_test_broker / "in"),
         "processed_folder": str(_test_broker / "processed"),
+        "control_folder": str(_test_broker / "control"),
         "store_processed": False,
     }

@@ -1,0 +1,1 @@
+"""Job handler: the GDPR export of a user's data."""

@@ -1,0 +1,1 @@
+"""Job handler: deleting an organisation and all its data."""

@@ -1,0 +1,1 @@
+"""Celery tasks of `accounts`: thin interfaces that take ids and call services."""
