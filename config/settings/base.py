@@ -357,7 +357,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "core.errors.handlers.api_exception_handler",
     # Proxies in front of the platform whose X-Forwarded-For hops to trust for client IPs.
-    "NUM_PROXIES": env.int("NUM_PROXIES", default=None),
+    "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
 if DEBUG:
