@@ -36,8 +36,9 @@ def check_broker() -> None:
         conn.ensure_connection(max_retries=1, timeout=settings.HEALTH_CHECK_TIMEOUT_SECONDS)
 
 
-def broker_queue_depth(queue: str = "celery") -> int:
+def broker_queue_depth(queue: str | None = None) -> int:
     """Messages waiting in the default Celery queue (Redis, RabbitMQ and filesystem brokers)."""
+    queue = queue or celery_app.conf.task_default_queue
     with celery_app.connection_for_read() as conn:
         conn.ensure_connection(max_retries=1, timeout=settings.HEALTH_CHECK_TIMEOUT_SECONDS)
         declared = conn.default_channel.queue_declare(queue=queue, passive=False, durable=True)

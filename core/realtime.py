@@ -81,8 +81,14 @@ class Subscription:
         if self.layer is None or self.channel is None:
             await asyncio.sleep(timeout)
             return None
+        started = asyncio.get_running_loop().time()
         try:
             message = await asyncio.wait_for(self.layer.receive(self.channel), timeout)
         except TimeoutError:
+            return None
+        except Exception:  # a layer outage degrades the follower to polling, never kills it
+            logger.warning("realtime receive on %s failed", self.group, exc_info=True)
+            remaining = timeout - (asyncio.get_running_loop().time() - started)
+            await asyncio.sleep(max(0.0, remaining))
             return None
         return message.get("event")

@@ -7,6 +7,8 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 # Tests share one Redis database; each test run (and xdist worker) gets its own key space.
 CACHES["default"]["KEY_PREFIX"] = "test-" + env.str("PYTEST_XDIST_WORKER", default="main")  # noqa: F405
+# Each test run (and xdist worker) has its own queue, apart from a stack `make run` may have up.
+CELERY_TASK_DEFAULT_QUEUE = "test-" + env.str("PYTEST_XDIST_WORKER", default="main")
 LOG_LEVEL = "WARNING"
 LOGGING["root"]["level"] = "WARNING"  # noqa: F405
 STREAM_POLL_SECONDS = 0.2
