@@ -17,6 +17,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("_allauth/", include("allauth.headless.urls")),
+    path("", include("accounts.urls_pages")),
 ]
 
 handler400 = "core.errors.handlers.handler400"
