@@ -128,13 +128,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
-else:
-    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-        DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
-            "connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=5)
-        )
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Under ASGI every request runs in a fresh thread, so persistent connections (CONN_MAX_AGE)
+    # would leak one per request; a psycopg pool per process reuses them instead.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    _pg_options = DATABASES["default"].setdefault("OPTIONS", {})
+    DB_CONNECT_TIMEOUT = env.int("DB_CONNECT_TIMEOUT", default=5)
+    _pg_options.setdefault("connect_timeout", DB_CONNECT_TIMEOUT)
+    if DB_POOL_MAX_SIZE := env.int("DB_POOL_MAX_SIZE", default=10):
+        _pg_options["pool"] = {"min_size": 1, "max_size": DB_POOL_MAX_SIZE, "timeout": DB_CONNECT_TIMEOUT}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"

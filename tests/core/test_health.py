@@ -13,6 +13,8 @@ def database_unreachable():
     conn = connections["default"]
     saved = dict(conn.settings_dict)
     conn.close()
+    close_pool = getattr(conn, "close_pool", lambda: None)  # a pool keeps its old connections
+    close_pool()
     if conn.vendor == "sqlite":
         conn.settings_dict["NAME"] = "/nonexistent-dir/db.sqlite3"
     else:
@@ -22,6 +24,7 @@ def database_unreachable():
         yield
     finally:
         conn.close()
+        close_pool()
         conn.settings_dict.clear()
         conn.settings_dict.update(saved)
 
