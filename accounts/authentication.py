@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.core.cache import cache
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.utils import timezone
 from rest_framework import authentication, exceptions
@@ -96,11 +97,10 @@ def authenticate_key(raw: str) -> ApiKey:
             key=key,
             code="ERR_KEY_REVOKED",
         )
-    if key.last_used_at is None or key.last_used_at < now - LAST_USED_RESOLUTION:
-        # A conditional UPDATE: concurrent requests write it once, and at most once a minute.
-        ApiKey.objects.filter(pk=key.pk, last_used_at=key.last_used_at).update(
-            last_used_at=now, last_used_ip=context.current().ip
-        )
+    if cache.add(f"auth:last-used:{key.pk}", 1, timeout=LAST_USED_RESOLUTION.total_seconds()):
+        # At most one write a minute per key, whichever process wins the cache.add. An UPDATE
+        # does not send post_save, so it leaves cached lookups alone.
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now, last_used_ip=context.current().ip)
     return key
 
 

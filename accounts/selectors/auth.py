@@ -8,6 +8,7 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.db.models.query import get_related_populators
 
+from accounts import auth_cache
 from accounts.models import ApiKey, Membership, User
 
 
@@ -83,12 +84,19 @@ _compile_lock = threading.Lock()
 
 
 def api_key_for_auth(*, public_id: str) -> ApiKey | None:
-    """The key row with its org, user and the user's current role in that org: one indexed query.
+    """The key row with its org, user and the user's current role in that org.
 
-    ``member_role`` is None when the key's user is no longer a member of the key's org.
+    A cache hit (see ``accounts.auth_cache``), else one indexed query. ``member_role`` is None when
+    the key's user is no longer a member of the key's org.
     """
+    cached, generation = auth_cache.cached_lookup(public_id)
+    if cached is not None:
+        return cached
     lookup = _compiled.get(DEFAULT_DB_ALIAS)
     if lookup is None:
         with _compile_lock:
             lookup = _compiled.setdefault(DEFAULT_DB_ALIAS, _CompiledKeyLookup(DEFAULT_DB_ALIAS))
-    return lookup.run(public_id)
+    key = lookup.run(public_id)
+    if key is not None:
+        auth_cache.store(public_id, key, generation)
+    return key

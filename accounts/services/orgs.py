@@ -16,6 +16,7 @@ from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
+from accounts import auth_cache
 from accounts.models import GroupMembership, Membership, Organization, Role, User
 from accounts.services.audit import audit_record
 from core.errors import (
@@ -131,6 +132,7 @@ def org_delete_request(*, org: Organization, actor: User | None) -> Job:
     )
     if not marked:
         raise ConflictError("This organisation is already being deleted.", code="ERR_ORG_DELETION_PENDING")
+    auth_cache.invalidate()  # an UPDATE sends no post_save: its keys must stop working now
     org.deletion_requested_at = now
     audit_record(
         org=org,

@@ -389,6 +389,9 @@ RATE_LIMIT_ENABLED = env.bool("RATE_LIMIT_ENABLED", default=True)
 
 IDEMPOTENCY_TTL_HOURS = 24
 API_KEY_USAGE_RETENTION_DAYS = env.int("API_KEY_USAGE_RETENTION_DAYS", default=30)
+# Longest life of a cached API-key lookup; any change to keys, members, users or orgs ends it
+# at once anyway (accounts/auth_cache.py). 0 turns the cache off.
+AUTH_CACHE_SECONDS = env.int("AUTH_CACHE_SECONDS", default=30)
 
 # --- Realtime and jobs -------------------------------------------------------------------------
 # How often a stream re-reads the database when no push can reach it (in-memory channel layer).

@@ -14,12 +14,13 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from accounts import registries
+from accounts import auth_cache, registries
 from accounts.middleware import UsageWriter
 from accounts.models import ApiKey, ApiKeyUsage, Membership, Role, SecurityEvent
 from accounts.services.keys import api_key_create
@@ -31,6 +32,12 @@ pytestmark = pytest.mark.django_db
 
 URL = "/api/v1/api-keys"
 PING = "/api/v1/api-keys/ping"
+
+
+def travel(queryset, **fields) -> None:
+    """Time travel by rewriting timestamps; an UPDATE sends no signal, so drop cached lookups."""
+    queryset.update(**fields)
+    auth_cache.invalidate()
 
 
 def bearer(raw: str) -> APIClient:
@@ -84,12 +91,12 @@ def test_full_lifecycle_create_use_rotate_roll_revoke(member_client, member, org
     assert works(first) and works(second)
 
     # ... and the old one dies when the window ends
-    ApiKey.objects.filter(pk=key_id).update(previous_secret_expires_at=timezone.now() - timedelta(seconds=1))
+    travel(ApiKey.objects.filter(pk=key_id), previous_secret_expires_at=timezone.now() - timedelta(seconds=1))
     assert_envelope(bearer(first).get(URL), 401, "ERR_AUTHENTICATION_FAILED")
     assert works(second)
 
     # roll: a new secret, the old one (and any grace secret) dead at once
-    ApiKey.objects.filter(pk=key_id).update(previous_secret_expires_at=timezone.now() + timedelta(hours=1))
+    travel(ApiKey.objects.filter(pk=key_id), previous_secret_expires_at=timezone.now() + timedelta(hours=1))
     third = bearer(second).post(f"{URL}/{key_id}/roll").json()["key"]
     assert not works(second) and not works(first)
     assert works(third)
@@ -139,7 +146,7 @@ def test_deleted_key_is_rejected(member, org):
 def test_expired_key_is_rejected(member, org):
     key, raw = api_key_create(org=org, actor=member, name="k", expires_at=timezone.now() + timedelta(days=1))
     assert works(raw)
-    ApiKey.objects.filter(pk=key.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    travel(ApiKey.objects.filter(pk=key.pk), expires_at=timezone.now() - timedelta(seconds=1))
     assert_envelope(bearer(raw).get(URL), 401, "ERR_KEY_EXPIRED")
     assert SecurityEvent.objects.filter(kind=SecurityEvent.Kind.KEY_EXPIRED, api_key=key).exists()
 
@@ -281,22 +288,83 @@ def test_last_used_at_is_written_at_most_once_a_minute(member, org):
     key.refresh_from_db()
     assert key.last_used_at == stamped
 
-    ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now() - timedelta(minutes=2))
+    cache.delete(f"auth:last-used:{key.pk}")  # the minute has passed
     with CaptureQueriesContext(connection) as later:
         client.get(PING)
     assert len(key_updates(later.captured_queries)) == 1
 
 
-def test_key_lookup_is_one_query(member, org):
+def _reads_and_writes(queries):
+    reads = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("SELECT")]
+    writes = [q["sql"] for q in queries.captured_queries if not q["sql"].startswith("SELECT")]
+    return reads, writes
+
+
+def test_key_lookup_is_one_query_then_a_cache_hit(member, org):
+    _key, raw = api_key_create(org=org, actor=member, name="k")
+    client = bearer(raw)
+    with CaptureQueriesContext(connection) as first:
+        assert client.get(PING).status_code == 200
+    reads, _writes = _reads_and_writes(first)
+    assert len(reads) == 1, reads
+    with CaptureQueriesContext(connection) as second:
+        assert client.get(PING).status_code == 200
+    reads, writes = _reads_and_writes(second)
+    assert reads == []
+    assert len(writes) == 1 and writes[0].startswith('INSERT INTO "accounts_apikeyusage"'), writes
+
+
+def test_without_the_cache_the_lookup_is_one_query_every_time(member, org, settings):
+    settings.AUTH_CACHE_SECONDS = 0
     _key, raw = api_key_create(org=org, actor=member, name="k")
     client = bearer(raw)
     client.get(PING)  # stamps last_used_at
     with CaptureQueriesContext(connection) as queries:
         assert client.get(PING).status_code == 200
-    reads = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("SELECT")]
-    writes = [q["sql"] for q in queries.captured_queries if not q["sql"].startswith("SELECT")]
+    reads, writes = _reads_and_writes(queries)
     assert len(reads) == 1, reads
     assert len(writes) == 1 and writes[0].startswith('INSERT INTO "accounts_apikeyusage"'), writes
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "revoke",
+        "deactivate_user",
+        "remove_member",
+        "demote_to_viewer",
+        "delete_org",
+        "soft_delete_key",
+    ],
+)
+def test_a_cached_key_feels_every_change_on_the_next_request(change, member, owner, org):
+    """The lookup cache never serves a key past a change that affects it."""
+    from accounts.services.keys import api_key_revoke
+    from accounts.services.orgs import member_remove, member_update_role, org_delete_request
+
+    key, raw = api_key_create(org=org, actor=member, name="k")
+    client = bearer(raw)
+    assert client.get(URL).status_code == 200
+    assert client.get(URL).status_code == 200  # now served from the cache
+    if change == "revoke":
+        api_key_revoke(key=key, actor=member)
+    elif change == "deactivate_user":
+        member.is_active = False
+        member.save()
+    elif change == "remove_member":
+        member_remove(org=org, actor=owner, actor_role=Role.OWNER, user_id=member.pk)
+    elif change == "demote_to_viewer":
+        member_update_role(org=org, actor=owner, actor_role=Role.OWNER, user_id=member.pk, role=Role.VIEWER)
+    elif change == "delete_org":
+        org_delete_request(org=org, actor=owner)
+    elif change == "soft_delete_key":
+        key.deleted_at = timezone.now()
+        key.save()
+    answer = client.get(URL)
+    if change == "demote_to_viewer":
+        assert answer.status_code == 403  # VIEWER may not list keys
+    else:
+        assert answer.status_code == 401, answer.content
 
 
 def test_secret_is_stored_only_as_a_hash(member_client):
