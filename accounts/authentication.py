@@ -146,8 +146,20 @@ def bind_session_tenant(request, user) -> None:
     )
 
 
+class CsrfFailed(exceptions.PermissionDenied):
+    """A session write without a valid CSRF token."""
+
+    error_code = "ERR_CSRF_FAILED"
+
+
 class SessionAuthentication(authentication.SessionAuthentication):
     """Browser sessions; writes need the CSRF token (``X-CSRFToken``)."""
+
+    def enforce_csrf(self, request) -> None:
+        try:
+            super().enforce_csrf(request)
+        except exceptions.PermissionDenied as exc:
+            raise CsrfFailed(f"{exc.detail} Echo the csrftoken cookie in the X-CSRFToken header.") from exc
 
     def authenticate(self, request):
         result = super().authenticate(request)

@@ -102,7 +102,7 @@ def test_csrf_is_enforced_for_session_writes(owner):
     client = APIClient(enforce_csrf_checks=True)
     client.force_login(owner)
     response = client.post("/api/v1/_test/echo", {"name": "a"}, format="json")
-    error = assert_envelope(response, 403)
+    error = assert_envelope(response, 403, "ERR_CSRF_FAILED")
     assert "CSRF" in error["message"]
 
 
