@@ -5,6 +5,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts.api.urls import urlpatterns as accounts_api
+from agents.api.urls import urlpatterns as agents_api
 from core.api.urls import api_urlpatterns as core_api
 from core.api.urls import probe_urlpatterns
 
@@ -14,6 +15,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/v1/", include(core_api)),
     path("api/v1/", include(accounts_api)),
+    path("api/v1/", include(agents_api)),
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("_allauth/", include("allauth.headless.urls")),

@@ -393,6 +393,15 @@ API_KEY_USAGE_RETENTION_DAYS = env.int("API_KEY_USAGE_RETENTION_DAYS", default=3
 # at once anyway (accounts/auth_cache.py). 0 turns the cache off.
 AUTH_CACHE_SECONDS = env.int("AUTH_CACHE_SECONDS", default=30)
 
+# Fernet keys for secrets stored encrypted (comma list: the first encrypts, all decrypt). Empty:
+# one key is generated into var/encryption_keys. Rotate with `manage.py rotate_encryption_keys`.
+SECRET_ENCRYPTION_KEYS = env.list("SECRET_ENCRYPTION_KEYS", default=[])
+# Hosts (host, host:port or CIDR) that user-supplied URLs may reach although they are private,
+# loopback or link-local, e.g. a local Ollama: "127.0.0.1,localhost,10.0.0.0/8".
+OUTBOUND_ALLOWED_HOSTS = env.list("OUTBOUND_ALLOWED_HOSTS", default=[])
+OUTBOUND_CONNECT_TIMEOUT = env.float("OUTBOUND_CONNECT_TIMEOUT", default=5.0)
+OUTBOUND_READ_TIMEOUT = env.float("OUTBOUND_READ_TIMEOUT", default=60.0)
+
 # --- Realtime and jobs -------------------------------------------------------------------------
 # How often a stream re-reads the database when no push can reach it (in-memory channel layer).
 STREAM_POLL_SECONDS = env.float("STREAM_POLL_SECONDS", default=0.5 if not REDIS_URL else 15.0)

@@ -1,0 +1,3 @@
+"""API of `agents`: agents."""
+
+urlpatterns: list = []

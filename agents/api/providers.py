@@ -1,0 +1,3 @@
+"""API of `agents`: providers."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""API of `agents`: tools."""
+
+urlpatterns: list = []

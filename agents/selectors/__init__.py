@@ -1,0 +1,1 @@
+"""Reads of `agents`, one module per area."""

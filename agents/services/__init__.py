@@ -1,0 +1,1 @@
+"""Writes of `agents`, one module per area."""
