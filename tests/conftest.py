@@ -83,3 +83,18 @@ def outsider_client(outsider):
 @pytest.fixture
 def anon_client():
     return APIClient()
+
+
+@pytest.fixture(scope="session")
+def fake_upstream():
+    """The fake OpenAI-compatible upstream (tests/fakes/openai_upstream.py) on a loopback port."""
+    from tests.fakes.openai_upstream import FakeUpstream
+
+    with FakeUpstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def allow_loopback(settings):
+    """Let the outbound guard reach the fake upstream on 127.0.0.1 (as an operator would)."""
+    settings.OUTBOUND_ALLOWED_HOSTS = ["127.0.0.1", "localhost"]

@@ -228,6 +228,12 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": crontab(hour=3, minute=40),
         "options": {"expires": 23 * 3600},
     },
+    # Every 6 hours: probe stored provider keys; a 401/403 clears their verified flag.
+    "verify-ai-keys": {
+        "task": "agents.tasks.verify_ai_keys",
+        "schedule": crontab(minute=23, hour="*/6"),
+        "options": {"expires": 5 * 3600},
+    },
     # Every 5 minutes: jobs whose worker died mid-run are marked failed.
     "fail-stale-jobs": {
         "task": "core.tasks.fail_stale_jobs",
@@ -401,6 +407,17 @@ SECRET_ENCRYPTION_KEYS = env.list("SECRET_ENCRYPTION_KEYS", default=[])
 OUTBOUND_ALLOWED_HOSTS = env.list("OUTBOUND_ALLOWED_HOSTS", default=[])
 OUTBOUND_CONNECT_TIMEOUT = env.float("OUTBOUND_CONNECT_TIMEOUT", default=5.0)
 OUTBOUND_READ_TIMEOUT = env.float("OUTBOUND_READ_TIMEOUT", default=60.0)
+
+# --- LLM providers ------------------------------------------------------------------------------
+# The platform default provider, used when neither the user, the agent nor the org has one.
+OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
+OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="")
+# Retries of one provider on 429/5xx/timeouts (exponential backoff from the base, honouring
+# Retry-After) before the choke point fails over to the org's next provider.
+LLM_MAX_RETRIES = env.int("LLM_MAX_RETRIES", default=2)
+LLM_RETRY_BASE_SECONDS = env.float("LLM_RETRY_BASE_SECONDS", default=0.5)
+# An agent without a heartbeat for this long shows offline.
+AGENT_OFFLINE_AFTER = env.int("AGENT_OFFLINE_AFTER", default=300)
 
 # --- Realtime and jobs -------------------------------------------------------------------------
 # How often a stream re-reads the database when no push can reach it (in-memory channel layer).

@@ -30,3 +30,6 @@ if CELERY_BROKER_URL.startswith("filesystem://"):  # noqa: F405
         "control_folder": str(_test_broker / "control"),
         "store_processed": False,
     }
+
+# Retry delays of the LLM choke point stay tiny in tests.
+LLM_RETRY_BASE_SECONDS = 0.01
