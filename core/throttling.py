@@ -48,13 +48,15 @@ class CallerRateThrottle(BaseThrottle):
         now = time.time()
         window = int(now // period)
         cache_key = f"rl:{scope}:{ident}:{period}:{window}"
-        # add() creates the counter with its expiry only if absent; incr() is atomic in Redis.
-        cache.add(cache_key, 0, timeout=period + 1)
+        # incr() is atomic in Redis; only the first request of a window creates the counter
+        # (with its expiry), so a busy caller costs one counter update per request.
         try:
             count = cache.incr(cache_key)
-        except ValueError:  # expired between add and incr
-            cache.add(cache_key, 1, timeout=period + 1)
-            count = 1
+        except ValueError:
+            if cache.add(cache_key, 1, timeout=period + 1):
+                count = 1
+            else:  # another request created it meanwhile
+                count = cache.incr(cache_key)
         self._wait = (window + 1) * period - now
         return count <= limit
 
