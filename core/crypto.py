@@ -9,10 +9,13 @@ key is dropped afterwards. Without the setting (embedded default) one key is gen
 
 from __future__ import annotations
 
+import os
+import tempfile
 from functools import cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import models
 
 
@@ -20,25 +23,57 @@ class DecryptionError(Exception):
     """A stored value could not be decrypted with any configured key."""
 
 
-def _configured_keys() -> list[str]:
-    keys = [k.strip() for k in settings.SECRET_ENCRYPTION_KEYS if k.strip()]
-    if keys:
-        return keys
+@cache
+def _key_file_keys() -> tuple[str, ...]:
+    """Keys from ``var/encryption_keys``, generating the file once. The key is written to a
+    temporary file and hard-linked into place, so two processes starting together agree on one
+    complete key (the loser of the race reads the winner's)."""
     path = settings.VAR_DIR / "encryption_keys"
     if not path.exists():
-        path.write_text(Fernet.generate_key().decode())
-        path.chmod(0o600)
-    return [k.strip() for k in path.read_text().split(",") if k.strip()]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".encryption_keys.")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(Fernet.generate_key().decode())
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    return tuple(k.strip() for k in path.read_text().split(",") if k.strip())
+
+
+def _configured_keys() -> tuple[str, ...]:
+    raw = settings.SECRET_ENCRYPTION_KEYS
+    keys = [k.strip() for k in (raw.split(",") if isinstance(raw, str) else raw) if k.strip()]
+    return tuple(keys) if keys else _key_file_keys()
 
 
 @cache
+def _fernet_for(keys: tuple[str, ...]) -> MultiFernet:
+    fernets = []
+    for position, key in enumerate(keys, start=1):
+        try:
+            fernets.append(Fernet(key.encode()))
+        except (ValueError, TypeError) as exc:
+            raise ImproperlyConfigured(
+                f"SECRET_ENCRYPTION_KEYS entry {position} is not a Fernet key (32 url-safe base64 "
+                "bytes; make one with cryptography.fernet.Fernet.generate_key())."
+            ) from exc
+    if not fernets:
+        raise ImproperlyConfigured("No encryption key: set SECRET_ENCRYPTION_KEYS.")
+    return MultiFernet(fernets)
+
+
 def _fernet() -> MultiFernet:
-    return MultiFernet([Fernet(key.encode()) for key in _configured_keys()])
+    # Keyed by the configured keys, so a changed setting (tests, rotation) takes effect at once.
+    return _fernet_for(_configured_keys())
 
 
 def reset_keys() -> None:
-    """Forget the cached keys (tests and the rotation command change the setting)."""
-    _fernet.cache_clear()
+    """Forget the cached keys (the key file may have changed underneath)."""
+    _key_file_keys.cache_clear()
+    _fernet_for.cache_clear()
 
 
 def encrypt(plaintext: str) -> str:
@@ -68,11 +103,28 @@ def rotate(token: str) -> str:
         raise DecryptionError("stored secret cannot be decrypted with SECRET_ENCRYPTION_KEYS") from exc
 
 
+def needs_rotation(token: str) -> bool:
+    """Whether ``token`` was made under an older key (the newest key cannot decrypt it)."""
+    if not token:
+        return False
+    try:
+        Fernet(_configured_keys()[0].encode()).decrypt(token.encode())
+    except InvalidToken:
+        return True
+    return False
+
+
 def mask(secret: str) -> str:
-    """What reads show of a secret: its first three and last four characters, ``sk-…abcd``."""
+    """What reads show of a secret: its first three and last four characters, ``sk-…abcd``.
+
+    Short secrets show less, so the mask never reveals most of a secret: under 16 characters only
+    the last two, under 8 nothing.
+    """
     if not secret:
         return ""
-    if len(secret) <= 8:
+    if len(secret) < 8:
+        return "…"
+    if len(secret) < 16:
         return "…" + secret[-2:]
     return f"{secret[:3]}…{secret[-4:]}"
 

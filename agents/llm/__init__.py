@@ -1,0 +1,44 @@
+"""The LLM layer of the platform: every LLM call goes through the choke point exported here.
+
+Other apps call only these names: ``achat`` / ``chat`` / ``astream`` for completions,
+``resolve_providers`` for the BYOK order, ``alist_models`` / ``averify`` for provider checks (with
+``provider_resolved(row)`` / ``personal_resolved(config)`` to turn a stored row into their input),
+and the errors. The SDK client factory (``agents.llm.client``) is an implementation detail.
+"""
+
+from agents.llm.chokepoint import (
+    LLMChunk,
+    LLMResult,
+    achat,
+    aclose_clients,
+    alist_models,
+    astream,
+    averify,
+    chat,
+    on_short_lived_loop,
+)
+from agents.llm.client import ResolvedProvider
+from agents.llm.errors import NoProviderError, ProviderAuthError, ProviderBadRequest, ProviderUnavailable
+from agents.llm.resolve import clear_cache as clear_resolution_cache
+from agents.llm.resolve import personal_resolved, provider_resolved, resolve_providers
+
+__all__ = [
+    "LLMChunk",
+    "LLMResult",
+    "NoProviderError",
+    "ProviderAuthError",
+    "ProviderBadRequest",
+    "ProviderUnavailable",
+    "ResolvedProvider",
+    "achat",
+    "aclose_clients",
+    "alist_models",
+    "astream",
+    "averify",
+    "chat",
+    "clear_resolution_cache",
+    "on_short_lived_loop",
+    "personal_resolved",
+    "provider_resolved",
+    "resolve_providers",
+]
