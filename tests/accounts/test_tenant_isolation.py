@@ -68,10 +68,29 @@ def world(db):
         ),
         client_b.post("/api/v1/org/groups", {"name": "Team B"}, format="json"),
         client_b.post("/api/v1/api-keys", {"name": "b-key"}, format="json"),
+        client_b.post(
+            "/api/v1/providers",
+            {
+                "name": "b-llm",
+                "provider_type": "openai",
+                "api_base": "https://api.openai.com/v1",
+                "api_key": "sk-b",
+            },
+            format="json",
+        ),
     ]
     for response in created:
         assert response.status_code == 201, response.content
     group_id = created[1].json()["id"]
+    agent = client_b.post(
+        "/api/v1/agents",
+        {"key": "b-agent", "name": "B", "provider": created[3].json()["id"], "model": "gpt-x"},
+        format="json",
+    )
+    assert agent.status_code == 201, agent.content
+    assert client_b.post(
+        f"/api/v1/agents/{agent.json()['id']}/shares", {"user_id": str(member_b.pk)}, format="json"
+    ).status_code in (200, 201)
     assert (
         client_b.post(f"/api/v1/org/groups/{group_id}/members", {"user_id": str(member_b.pk)}, format="json")
     ).status_code in (200, 201)
@@ -89,6 +108,8 @@ def test_the_walker_finds_the_org_scoped_routes():
     assert "api/v1/jobs/<uuid:job_id>" in routes
     assert "api/v1/api-keys/<uuid:id>" in routes
     assert "api/v1/org/members/<uuid:user_id>" in routes
+    assert "api/v1/providers/<uuid:id>" in routes
+    assert "api/v1/agents/<uuid:id>/wake" in routes
 
 
 def test_every_org_scoped_route_answers_404_for_another_orgs_ids(world):

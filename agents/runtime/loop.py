@@ -1,0 +1,349 @@
+"""The agent runtime: one run of an agent, the LLM ↔ tool-call loop.
+
+``arun_agent`` (async) and ``run_agent`` (sync, for views and Celery) open an ``AgentRun``, build
+the messages (rendered system prompt, conversation history, the user's message), call the LLM
+choke point with the agent's tool schemas, run the tool calls of each answer (concurrently with
+``asyncio.gather`` when the model asks for several), feed the results back as ``tool`` messages and
+loop until the model answers without tool calls (finish reason ``stop``) or the agent's
+``max_tool_iterations`` rounds of tools are spent (finish reason ``max_tool_iterations``; the run
+still succeeds, with the model's last words or a message saying it stopped).
+
+A tool that fails never breaks the run: its error goes back to the model as the tool's content
+(``{"error": …}``). An LLM failure (no provider, auth, upstream down) marks the run failed with
+``{code, message}`` and re-raises the ApplicationError so the API answers it (424 / 502).
+
+Everything is recorded on the run: one step per LLM call (model, tokens, latency, finish reason)
+and per tool call (name, arguments, result or error, duration), and the totals.
+
+Hooks for the layers above:
+- ``register_history_loader(fn)``: the chat app registers ``fn(*, org, agent, user,
+  conversation_id) -> list[message dict]`` so a run with a ``conversation_id`` continues the
+  conversation; a caller may also pass ``history=`` directly.
+- ``on_event``: an async callback receiving ``{"type": "llm" | "tool_call" | "tool_result", …}`` as
+  the run progresses (the chat stream forwards them as ``chat.tool_call`` / ``chat.tool_result``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from uuid import UUID
+
+from asgiref.sync import async_to_sync, sync_to_async
+
+from agents.models import Agent, AgentRun
+from agents.services.runs import run_finish, run_start
+from agents.tools.registry import (
+    Tool,
+    ToolContext,
+    aexecute,
+    config_for,
+    get_tool,
+    openai_tool_schemas,
+    tools_for_agent,
+)
+from core.errors import ApplicationError
+
+FINISH_STOP = "stop"
+FINISH_MAX_TOOL_ITERATIONS = "max_tool_iterations"
+# What a tool result may weigh in the conversation and in the recorded steps.
+MAX_TOOL_CONTENT_CHARS = 100_000
+MAX_STEP_VALUE_CHARS = 4_000
+
+HistoryLoader = Callable[..., list[dict[str, Any]]]
+EventCallback = Callable[[dict[str, Any]], Awaitable[None]]
+
+_history_loader: HistoryLoader | None = None
+
+
+def register_history_loader(loader: HistoryLoader) -> HistoryLoader:
+    """Let a higher app (chat) supply a conversation's earlier messages to runs that name it."""
+    global _history_loader
+    _history_loader = loader
+    return loader
+
+
+def build_messages(
+    *, system_prompt: str, history: list[dict[str, Any]], message: str
+) -> list[dict[str, Any]]:
+    """System prompt (when there is one), the conversation so far, then the user's message."""
+    messages: list[dict[str, Any]] = []
+    if system_prompt.strip():
+        messages.append({"role": "system", "content": system_prompt})
+    messages.extend(history)
+    messages.append({"role": "user", "content": message})
+    return messages
+
+
+def _render_system_prompt(agent: Agent, user) -> str:
+    try:
+        from agents.selectors.agents import agent_system_prompt_render
+    except ImportError:  # pragma: no cover - the preview selector is part of the agents CRUD
+        return agent.system_prompt or ""
+    rendered, _context, _unknown = agent_system_prompt_render(agent=agent, user=user)
+    return rendered
+
+
+def _prepare(agent: Agent, user, conversation_id, history):
+    """Everything the loop reads from the database, in one trip to a thread."""
+    from agents.selectors.tools import tool_settings
+
+    settings = tool_settings(org_id=agent.org_id)
+    tools = tools_for_agent(agent, settings=settings)
+    configs = {tool.name: config_for(tool, settings) for tool in tools}
+    if history is None:
+        history = []
+        if conversation_id is not None and _history_loader is not None:
+            history = list(
+                _history_loader(org=agent.org, agent=agent, user=user, conversation_id=conversation_id)
+            )
+    return tools, configs, _render_system_prompt(agent, user), history
+
+
+def _clip(value: Any) -> Any:
+    """A value for the recorded steps: as is when small, else its JSON cut short."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if len(text) <= MAX_STEP_VALUE_CHARS:
+        return value
+    return text[:MAX_STEP_VALUE_CHARS] + "…"
+
+
+def _tool_content(outcome: dict[str, Any]) -> str:
+    """What the model reads as the tool's answer: the result as JSON, or ``{"error": …}``."""
+    if "error" in outcome:
+        body: Any = {"error": outcome["error"]}
+    else:
+        body = outcome["result"]
+    text = json.dumps(body, ensure_ascii=False, default=str)
+    if len(text) > MAX_TOOL_CONTENT_CHARS:
+        text = json.dumps({"truncated": True, "content": text[:MAX_TOOL_CONTENT_CHARS]}, ensure_ascii=False)
+    return text
+
+
+class _Totals:
+    """Running sums of one run."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.tool_calls = 0
+        self.provider_id: UUID | None = None
+        self.provider_source = ""
+        self.model = agent.model or ""
+
+    def add(self, result) -> None:
+        self.prompt_tokens += int(result.prompt_tokens or 0)
+        self.completion_tokens += int(result.completion_tokens or 0)
+        self.provider_id = result.provider_id
+        self.provider_source = result.provider_source or self.provider_source
+        self.model = result.model or self.model
+
+
+async def _run_tool_call(
+    call: dict[str, Any], tools: dict[str, Tool], configs: dict[str, dict], base_ctx: ToolContext
+) -> dict[str, Any]:
+    """One tool call of the model: parse its arguments, run it, and return the step record."""
+    name = str(call.get("name") or "")
+    raw_args = call.get("arguments") or "{}"
+    step: dict[str, Any] = {"type": "tool", "id": call.get("id", ""), "name": name}
+    started = time.perf_counter()
+    tool = tools.get(name)
+    try:
+        args = json.loads(raw_args) if isinstance(raw_args, str) else raw_args
+    except json.JSONDecodeError as exc:
+        args, parse_error = None, f"The arguments are not valid JSON: {exc.msg}."
+    else:
+        parse_error = None if isinstance(args, dict) else "The arguments must be a JSON object."
+    step["arguments"] = _clip(args if args is not None else raw_args)
+    if tool is None:
+        reason = "is disabled in this organisation" if get_tool(name) else "does not exist"
+        outcome: dict[str, Any] = {"error": f"The tool {name!r} {reason} or is not available to this agent."}
+    elif parse_error:
+        outcome = {"error": parse_error}
+    else:
+        ctx = ToolContext(
+            org=base_ctx.org,
+            agent=base_ctx.agent,
+            user=base_ctx.user,
+            run_id=base_ctx.run_id,
+            config=configs.get(name, {}),
+        )
+        outcome = await aexecute(tool, ctx, args)
+    if "error" in outcome:
+        step["error"] = outcome["error"]
+    else:
+        step["result"] = _clip(outcome["result"])
+    step["duration_ms"] = round((time.perf_counter() - started) * 1000, 2)
+    step["content"] = _tool_content(outcome)
+    return step
+
+
+async def arun_agent(
+    *,
+    agent: Agent,
+    message: str,
+    user=None,
+    conversation_id: UUID | None = None,
+    trigger: str = "wake",
+    history: list[dict[str, Any]] | None = None,
+    on_event: EventCallback | None = None,
+) -> AgentRun:
+    """Run the agent once on ``message``; returns the finished AgentRun (see the module doc)."""
+    started = time.perf_counter()
+    org = await sync_to_async(lambda: agent.org)()  # load the FK off the event loop, once
+    run = await sync_to_async(run_start)(
+        org=org,
+        agent=agent,
+        user=user,
+        message=message,
+        conversation_id=conversation_id,
+        trigger=trigger,
+    )
+    steps: list[dict[str, Any]] = []
+    totals = _Totals(agent)
+
+    async def finish(status: str, **fields: Any) -> AgentRun:
+        return await sync_to_async(run_finish)(
+            run=run,
+            status=status,
+            steps=steps,
+            tool_calls=totals.tool_calls,
+            prompt_tokens=totals.prompt_tokens,
+            completion_tokens=totals.completion_tokens,
+            provider_id=totals.provider_id,
+            provider_source=totals.provider_source,
+            model=totals.model,
+            duration_ms=int((time.perf_counter() - started) * 1000),
+            **fields,
+        )
+
+    async def emit(event: dict[str, Any]) -> None:
+        if on_event is not None:
+            await on_event({**event, "run_id": str(run.pk)})
+
+    try:
+        tools, configs, system_prompt, history = await sync_to_async(_prepare)(
+            agent, user, conversation_id, history
+        )
+        by_name = {tool.name: tool for tool in tools}
+        schemas = openai_tool_schemas(tools) or None
+        messages = build_messages(system_prompt=system_prompt, history=history, message=message)
+        base_ctx = ToolContext(org=org, agent=agent, user=user, run_id=run.pk)
+        rounds = 0
+        while True:
+            result = await _llm_step(agent, user, messages, schemas, steps, totals)
+            await emit({"type": "llm", "step": steps[-1]})
+            if not result.tool_calls:
+                return await finish(
+                    AgentRun.Status.SUCCEEDED,
+                    finish_reason=FINISH_STOP,
+                    output=result.content or "",
+                )
+            if rounds >= agent.max_tool_iterations:
+                output = result.content or (
+                    f"Stopped after {rounds} rounds of tool calls (the agent's max_tool_iterations) "
+                    "without a final answer."
+                )
+                return await finish(
+                    AgentRun.Status.SUCCEEDED, finish_reason=FINISH_MAX_TOOL_ITERATIONS, output=output
+                )
+            rounds += 1
+            messages.append(_assistant_message(result))
+            for call in result.tool_calls:
+                await emit({"type": "tool_call", "call": call})
+            tool_steps = await asyncio.gather(
+                *(_run_tool_call(call, by_name, configs, base_ctx) for call in result.tool_calls)
+            )
+            for call, step in zip(result.tool_calls, tool_steps, strict=True):
+                content = step.pop("content")
+                messages.append({"role": "tool", "tool_call_id": call.get("id", ""), "content": content})
+                step["round"] = rounds
+                steps.append(step)
+                totals.tool_calls += 1
+                await emit({"type": "tool_result", "step": step})
+    except ApplicationError as exc:
+        await finish(AgentRun.Status.FAILED, error={"code": exc.code, "message": exc.message})
+        raise
+    except asyncio.CancelledError:
+        await asyncio.shield(finish(AgentRun.Status.CANCELLED, finish_reason="cancelled"))
+        raise
+    except Exception as exc:
+        await finish(
+            AgentRun.Status.FAILED,
+            error={"code": "ERR_INTERNAL", "message": f"The run failed: {type(exc).__name__}."},
+        )
+        raise
+
+
+async def _llm_step(agent: Agent, user, messages, schemas, steps, totals):
+    """One call of the choke point, recorded as a step."""
+    from agents.llm import achat
+
+    started = time.perf_counter()
+    result = await achat(
+        org=agent.org,
+        messages=messages,
+        user=user,
+        agent=agent,
+        model=agent.model or None,
+        tools=schemas,
+        temperature=agent.temperature,
+        max_tokens=agent.max_tokens,
+        purpose="agent_run",
+    )
+    totals.add(result)
+    steps.append(
+        {
+            "type": "llm",
+            "model": result.model,
+            "provider_source": result.provider_source,
+            "prompt_tokens": int(result.prompt_tokens or 0),
+            "completion_tokens": int(result.completion_tokens or 0),
+            "latency_ms": round(float(result.latency_ms or (time.perf_counter() - started) * 1000), 2),
+            "finish_reason": result.finish_reason,
+            "tool_calls": len(result.tool_calls or []),
+        }
+    )
+    return result
+
+
+def _assistant_message(result) -> dict[str, Any]:
+    """The model's answer as it goes back into the conversation (with its tool calls)."""
+    return {
+        "role": "assistant",
+        "content": result.content or None,
+        "tool_calls": [
+            {
+                "id": call.get("id", ""),
+                "type": "function",
+                "function": {"name": call.get("name", ""), "arguments": call.get("arguments") or "{}"},
+            }
+            for call in result.tool_calls
+        ],
+    }
+
+
+def run_agent(**kwargs: Any) -> AgentRun:
+    """Sync entry point of :func:`arun_agent` (views, Celery tasks, management commands).
+
+    Inside an ASGI request the run goes onto the server's event loop, whose LLM clients stay
+    open for the next calls; elsewhere (a Celery worker, a test) ``async_to_sync`` makes a loop for
+    this one run, and its clients are closed before that loop ends.
+    """
+    from asgiref.sync import SyncToAsync
+
+    short_lived_loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None) is None
+
+    async def run() -> AgentRun:
+        try:
+            return await arun_agent(**kwargs)
+        finally:
+            if short_lived_loop:
+                from agents.llm import aclose_clients
+
+                await aclose_clients()
+
+    return async_to_sync(run)()

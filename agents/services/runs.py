@@ -1,0 +1,107 @@
+"""Writes of agent runs: open a run, close it (succeeded, failed or cancelled) with its steps,
+tokens and outcome.
+
+A run is history: its row is the record of what happened (steps, tool calls, tokens, error). An
+explicit wake (``trigger="wake"``) is also audited as ``agent.woken``; chat turns, which run the same
+loop many times a conversation, are recorded on their run rows only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import Organization, User
+from accounts.services.audit import audit_record
+from agents.models import Agent, AgentRun, Provider
+
+MAX_INPUT_CHARS = 100_000
+
+
+@transaction.atomic
+def run_start(
+    *,
+    org: Organization,
+    agent: Agent,
+    user: User | None,
+    message: str,
+    conversation_id: UUID | None = None,
+    trigger: str = "wake",
+) -> AgentRun:
+    """Open a run (status running) of the agent for this message."""
+    run = AgentRun(
+        org=org,
+        agent=agent,
+        user=user if user is not None and getattr(user, "is_authenticated", False) else None,
+        conversation_id=conversation_id,
+        trigger=trigger[:32],
+        status=AgentRun.Status.RUNNING,
+        input=message[:MAX_INPUT_CHARS],
+        model=(agent.model or "")[:200],
+    )
+    run.full_clean(exclude=["org", "agent", "user", "provider"])
+    run.save()
+    if trigger == "wake":
+        audit_record(
+            org=org,
+            actor=run.user,
+            action="agent.woken",
+            entity=agent,
+            after={"run": run.pk, "conversation_id": conversation_id},
+        )
+    return run
+
+
+def run_finish(
+    *,
+    run: AgentRun,
+    status: str,
+    finish_reason: str = "",
+    output: str = "",
+    steps: list[dict[str, Any]],
+    tool_calls: int,
+    prompt_tokens: int,
+    completion_tokens: int,
+    provider_id: UUID | None,
+    provider_source: str,
+    model: str,
+    duration_ms: int,
+    error: dict[str, Any] | None = None,
+) -> AgentRun:
+    """Close a run with its outcome and totals (one UPDATE; the row is the run's history)."""
+    if provider_id is not None and not Provider.objects.filter(pk=provider_id, org_id=run.org_id).exists():
+        provider_id = None  # a personal or platform key has no provider row of the org
+    run.status = status
+    run.finish_reason = finish_reason[:32]
+    run.output = output
+    run.steps = steps
+    run.tool_calls = tool_calls
+    run.prompt_tokens = prompt_tokens
+    run.completion_tokens = completion_tokens
+    run.provider_id = provider_id
+    run.provider_source = provider_source[:16]
+    run.model = (model or run.model)[:200]
+    run.duration_ms = max(0, int(duration_ms))
+    run.error = error
+    run.finished_at = timezone.now()
+    run.save(
+        update_fields=[
+            "status",
+            "finish_reason",
+            "output",
+            "steps",
+            "tool_calls",
+            "prompt_tokens",
+            "completion_tokens",
+            "provider",
+            "provider_source",
+            "model",
+            "duration_ms",
+            "error",
+            "finished_at",
+        ]
+    )
+    return run

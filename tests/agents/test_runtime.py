@@ -1,0 +1,262 @@
+"""The agent runtime (agents.runtime.loop): the LLM ↔ tool loop against the fake upstream.
+
+The fake's ``tools-N`` model asks for the first tool of the request N times (``tools-N-pM``: M calls
+at once per step), then answers "done after <results> tools".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from agents.models import Agent, AgentRun, Provider
+from agents.runtime.loop import FINISH_MAX_TOOL_ITERATIONS, FINISH_STOP, register_history_loader, run_agent
+from agents.tools.registry import Tool, ToolError, register_tool, unregister_tool
+from core.errors import ApplicationError
+
+STEP_SCHEMA = {
+    "type": "object",
+    "properties": {"step": {"type": "integer", "minimum": 1}},
+    "required": ["step"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture
+def provider(org, fake_upstream, allow_loopback):
+    return Provider.objects.create(
+        org=org,
+        name="fake",
+        provider_type="openai_compat",
+        api_base=fake_upstream.base_url,
+        api_key=f"sk-test-{uuid.uuid4().hex}",
+    )
+
+
+@pytest.fixture
+def counter_tool():
+    """A registered tool that counts its calls (and what it was called with)."""
+    calls: list[dict] = []
+
+    def handler(ctx, args):
+        calls.append({"args": args, "agent": ctx.agent.pk, "run": ctx.run_id})
+        return {"count": len(calls), "echo": args["step"]}
+
+    register_tool(
+        Tool(
+            name="test_counter",
+            description="Counts.",
+            parameters=STEP_SCHEMA,
+            handler=handler,
+            touches_db=False,
+        )
+    )
+    yield calls
+    unregister_tool("test_counter")
+
+
+def make_agent(org, provider, model, tools=(), **fields) -> Agent:
+    return Agent.objects.create(
+        org=org,
+        key=f"agent-{uuid.uuid4().hex[:8]}",
+        name="Runner",
+        provider=provider,
+        model=model,
+        tools=list(tools),
+        **fields,
+    )
+
+
+def test_a_three_step_tool_loop_runs_each_call_and_feeds_results_back(org, member, provider, counter_tool):
+    agent = make_agent(
+        org, provider, "tools-3", tools=["test_counter"], system_prompt="You are {{ agent_name }}."
+    )
+    run = run_agent(agent=agent, message="count please", user=member)
+
+    assert [c["args"] for c in counter_tool] == [{"step": 1}, {"step": 2}, {"step": 3}]
+    assert all(c["run"] == run.pk and c["agent"] == agent.pk for c in counter_tool)
+    run.refresh_from_db()
+    assert run.status == AgentRun.Status.SUCCEEDED
+    assert run.finish_reason == FINISH_STOP
+    assert run.output == "done after 3 tools"
+    assert run.tool_calls == 3
+    assert run.input == "count please"
+    assert run.user == member
+    assert run.trigger == "wake"
+    assert run.finished_at is not None
+    assert run.provider_id == provider.pk
+    assert run.provider_source == "agent"
+    assert run.model == "tools-3"
+
+    kinds = [step["type"] for step in run.steps]
+    assert kinds == ["llm", "tool", "llm", "tool", "llm", "tool", "llm"]
+    llm_steps = [s for s in run.steps if s["type"] == "llm"]
+    assert all(s["prompt_tokens"] > 0 and s["latency_ms"] >= 0 and s["model"] for s in llm_steps)
+    assert run.prompt_tokens == sum(s["prompt_tokens"] for s in llm_steps)
+    assert run.completion_tokens == sum(s["completion_tokens"] for s in llm_steps)
+    tool_steps = [s for s in run.steps if s["type"] == "tool"]
+    assert tool_steps[0]["name"] == "test_counter"
+    assert tool_steps[0]["arguments"] == {"step": 1}
+    assert tool_steps[2]["result"] == {"count": 3, "echo": 3}
+    assert all("duration_ms" in s and "error" not in s for s in tool_steps)
+
+
+def test_the_iteration_cap_stops_the_loop_with_a_clear_finish_reason(org, member, provider, counter_tool):
+    agent = make_agent(org, provider, "tools-5", tools=["test_counter"], max_tool_iterations=2)
+    run = run_agent(agent=agent, message="go", user=member)
+
+    assert len(counter_tool) == 2
+    assert run.status == AgentRun.Status.SUCCEEDED
+    assert run.finish_reason == FINISH_MAX_TOOL_ITERATIONS
+    assert "max_tool_iterations" in run.output
+    assert run.tool_calls == 2
+    assert [s["type"] for s in run.steps].count("llm") == 3
+
+
+def test_several_tool_calls_of_one_answer_run_concurrently(org, member, provider):
+    # Each call waits at a barrier of 3: run one after another, the first would never get through.
+    barrier_box: dict = {}
+    calls: list[int] = []
+
+    async def handler(ctx, args):
+        barrier = barrier_box.setdefault("b", asyncio.Barrier(3))
+        async with asyncio.timeout(5):
+            await barrier.wait()
+        calls.append(args["step"])
+        return {"ok": True}
+
+    register_tool(Tool(name="test_barrier", description="", parameters=STEP_SCHEMA, handler=handler))
+    try:
+        agent = make_agent(org, provider, "tools-2-p3", tools=["test_barrier"])
+        run = run_agent(agent=agent, message="fan out", user=member)
+    finally:
+        unregister_tool("test_barrier")
+
+    assert calls == [1, 1, 1, 2, 2, 2]
+    assert run.output == "done after 6 tools"
+    assert run.tool_calls == 6
+    tool_steps = [s for s in run.steps if s["type"] == "tool"]
+    assert all("error" not in s for s in tool_steps), tool_steps
+    assert [s["id"] for s in tool_steps[:3]] == ["call_1_1", "call_1_2", "call_1_3"]
+
+
+def test_a_tool_error_is_fed_back_to_the_model_not_raised(org, member, provider):
+    def handler(ctx, args):
+        raise ToolError("the printer is on fire")
+
+    register_tool(Tool(name="test_failing", description="", parameters=STEP_SCHEMA, handler=handler))
+    try:
+        agent = make_agent(org, provider, "tools-2", tools=["test_failing"])
+        run = run_agent(agent=agent, message="try", user=member)
+    finally:
+        unregister_tool("test_failing")
+
+    assert run.status == AgentRun.Status.SUCCEEDED
+    assert run.output == "done after 2 tools"
+    errors = [s["error"] for s in run.steps if s["type"] == "tool"]
+    assert errors == ["the printer is on fire", "the printer is on fire"]
+
+
+def test_bad_arguments_from_the_model_are_a_tool_error(org, member, provider):
+    # memory_save wants {content}; the fake sends {"step": 1}.
+    agent = make_agent(org, provider, "tools-1", tools=["memory_save"])
+    run = run_agent(agent=agent, message="remember", user=member)
+    assert run.status == AgentRun.Status.SUCCEEDED
+    (step,) = [s for s in run.steps if s["type"] == "tool"]
+    assert step["error"].startswith("Invalid arguments:")
+    assert "content: is required." in step["error"]
+
+
+def test_a_disabled_tool_is_not_offered_to_the_model(org, member, provider, counter_tool):
+    from agents.models import BuiltinToolConfig
+
+    BuiltinToolConfig.objects.create(org=org, name="test_counter", enabled=False)
+    agent = make_agent(org, provider, "tools-3", tools=["test_counter"])
+    run = run_agent(agent=agent, message="hello", user=member)
+    # Offered no tools, the fake cannot ask for one and answers at once.
+    assert run.output == "done after 0 tools"
+    assert counter_tool == []
+    assert run.tool_calls == 0
+
+
+def test_an_llm_error_fails_the_run_and_reraises(org, member, provider):
+    agent = make_agent(org, provider, "fail-401")
+    with pytest.raises(ApplicationError) as raised:
+        run_agent(agent=agent, message="hi", user=member)
+    assert raised.value.code == "ERR_PROVIDER_AUTH"
+    run = AgentRun.objects.get(agent=agent)
+    assert run.status == AgentRun.Status.FAILED
+    assert run.error["code"] == "ERR_PROVIDER_AUTH"
+    assert run.error["message"]
+    assert run.finished_at is not None
+
+
+def test_events_report_the_progress_of_a_run(org, member, provider, counter_tool):
+    events: list[dict] = []
+
+    async def on_event(event):
+        events.append(event)
+
+    agent = make_agent(org, provider, "tools-1", tools=["test_counter"])
+    run = run_agent(agent=agent, message="x", user=member, on_event=on_event)
+    assert [e["type"] for e in events] == ["llm", "tool_call", "tool_result", "llm"]
+    assert all(e["run_id"] == str(run.pk) for e in events)
+    assert events[1]["call"]["name"] == "test_counter"
+
+
+def test_history_from_a_registered_loader_comes_before_the_message(org, member, provider):
+    from agents.runtime import loop
+
+    seen: dict = {}
+
+    def loader(*, org, agent, user, conversation_id):
+        seen["conversation_id"] = conversation_id
+        return [{"role": "user", "content": "earlier"}, {"role": "assistant", "content": "noted"}]
+
+    previous = loop._history_loader
+    register_history_loader(loader)
+    try:
+        agent = make_agent(org, provider, "fake-model-1")
+        conversation = uuid.uuid4()
+        run = run_agent(agent=agent, message="now", user=member, conversation_id=conversation, trigger="chat")
+    finally:
+        loop._history_loader = previous
+    assert seen["conversation_id"] == conversation
+    assert run.output == "echo: now"
+    assert run.conversation_id == conversation
+    assert run.trigger == "chat"
+
+
+def test_a_cancelled_run_is_recorded_as_cancelled(org, member, provider):
+    from asgiref.sync import async_to_sync
+
+    from agents.runtime.loop import arun_agent
+
+    started: dict = {}
+
+    async def handler(ctx, args):
+        started["event"].set()
+        await asyncio.Event().wait()  # never returns: the run is cancelled while it waits
+
+    register_tool(Tool(name="test_forever", description="", parameters=STEP_SCHEMA, handler=handler))
+    agent = make_agent(org, provider, "tools-1", tools=["test_forever"])
+
+    async def scenario():
+        started["event"] = asyncio.Event()
+        task = asyncio.create_task(arun_agent(agent=agent, message="wait", user=member))
+        async with asyncio.timeout(10):
+            await started["event"].wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        async_to_sync(scenario)()
+    finally:
+        unregister_tool("test_forever")
+    run = AgentRun.objects.get(agent=agent)
+    assert run.status == AgentRun.Status.CANCELLED
+    assert run.finish_reason == "cancelled"
+    assert run.finished_at is not None
