@@ -225,13 +225,18 @@ class _GuardedAsyncBackend(httpcore.AsyncNetworkBackend):
         self._inner = inner
 
     async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        try:
-            with anyio.fail_after(timeout):
-                addresses = await anyio.to_thread.run_sync(
-                    vetted_addresses, host, port, abandon_on_cancel=True
-                )
-        except TimeoutError as exc:  # surfaces as httpx.ConnectTimeout, like a slow connect
-            raise httpcore.ConnectTimeout(f"resolving {host} timed out") from exc
+        name = _normalise_host(host)
+        if _ip_literal(name) is not None or _allowed_by_name(name, port or 443):
+            # Nothing to resolve: check on the loop, sparing a thread hop on every new connection.
+            addresses = vetted_addresses(host, port)
+        else:
+            try:
+                with anyio.fail_after(timeout):
+                    addresses = await anyio.to_thread.run_sync(
+                        vetted_addresses, host, port, abandon_on_cancel=True
+                    )
+            except TimeoutError as exc:  # surfaces as httpx.ConnectTimeout, like a slow connect
+                raise httpcore.ConnectTimeout(f"resolving {host} timed out") from exc
         if addresses is None:
             return await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
         last_error: Exception | None = None

@@ -8,7 +8,6 @@ import json
 import uuid
 
 import pytest
-from django.core.cache import cache
 
 from accounts.models import AuditLog, Role
 from agents.models import Provider
@@ -480,12 +479,6 @@ def test_verify_rejects_a_bad_model_field(admin_client, live_provider):
 
 
 CATALOGUE = "/api/v1/models"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    cache.clear()
-    yield
 
 
 def test_catalogue_lists_models_of_every_enabled_provider(viewer_client, org, live_provider, fake_upstream):
