@@ -1,6 +1,7 @@
 """The LLM layer of the platform: every LLM call goes through the choke point exported here.
 
-Other apps call only these names: ``achat`` / ``chat`` / ``astream`` for completions,
+Other apps call only these names: ``achat`` / ``chat`` / ``astream`` for completions, ``aembed``
+for embeddings,
 ``resolve_providers`` for the BYOK order, ``alist_models`` / ``averify`` for provider checks (with
 ``provider_resolved(row)`` / ``personal_resolved(config)`` to turn a stored row into their input),
 and the errors. The SDK client factory (``agents.llm.client``) is an implementation detail.
@@ -11,6 +12,7 @@ from agents.llm.chokepoint import (
     LLMResult,
     achat,
     aclose_clients,
+    aembed,
     alist_models,
     astream,
     averify,
@@ -32,6 +34,7 @@ __all__ = [
     "ResolvedProvider",
     "achat",
     "aclose_clients",
+    "aembed",
     "alist_models",
     "astream",
     "averify",

@@ -89,6 +89,7 @@ class LLMResult:
     latency_ms: float
     provider_type: str = ""
     usage_estimated: bool = False  # the upstream sent no usage; tokens are estimated from text
+    embeddings: list[list[float]] | None = None  # the vectors of an embedding call (``aembed``)
 
 
 @dataclass
@@ -311,6 +312,7 @@ class _Accumulator:
         self.reset()
 
     def reset(self) -> None:
+        self.vectors: list[list[float]] | None = None
         self.content: list[str] = []
         self.tool_parts: dict[int, dict[str, str]] = {}
         self.finish_reason = ""
@@ -340,6 +342,12 @@ class _Accumulator:
         if text:
             self.content.append(text)
         return text
+
+    def feed_embeddings(self, response: Any) -> None:
+        """Take an embeddings answer: the vectors in input order, and the prompt usage."""
+        self.usage = response.usage
+        self.vectors = [item.embedding for item in sorted(response.data, key=lambda d: d.index)]
+        self.finish_reason = "stop"
 
     def feed_response(self, response: Any) -> None:
         """Take a whole (non-streamed) completion."""
@@ -389,9 +397,11 @@ class _Call:
         max_tokens: int | None,
         purpose: str,
         stream: bool,
+        inputs: list[str] | None = None,
     ) -> None:
         self.org = org
         self.messages = messages
+        self.inputs = inputs  # set for an embedding call instead of messages
         self.user = user
         self.agent = agent
         self.model = model
@@ -403,7 +413,11 @@ class _Call:
         self.started = time.perf_counter()
         self.latency_ms: float | None = None  # set when the upstream answer is complete
         self.event_sent = False
-        self.prompt_estimate = sum(_estimate_tokens(_message_text(m)) + 4 for m in messages)
+        self.prompt_estimate = (
+            sum(_estimate_tokens(text) for text in inputs)
+            if inputs is not None
+            else sum(_estimate_tokens(_message_text(m)) + 4 for m in messages)
+        )
 
     def call_for(self, provider: ResolvedProvider) -> dict:
         """The dict the guards see (JSON-friendly)."""
@@ -423,6 +437,8 @@ class _Call:
         }
 
     def params(self, provider: ResolvedProvider) -> dict:
+        if self.inputs is not None:
+            return {"model": provider.model, "input": self.inputs}
         params: dict[str, Any] = {"model": provider.model, "messages": self.messages}
         if self.tools:
             params["tools"] = self.tools
@@ -436,12 +452,16 @@ class _Call:
         if acc is None:
             return {"prompt_tokens": 0, "completion_tokens": 0, "estimated": False}
         usage = acc.usage
-        if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
+        prompt = getattr(usage, "prompt_tokens", None) if usage is not None else None
+        completion = getattr(usage, "completion_tokens", None) if usage is not None else None
+        if prompt or completion:
             return {
-                "prompt_tokens": int(usage.prompt_tokens or 0),
-                "completion_tokens": int(usage.completion_tokens or 0),
+                "prompt_tokens": int(prompt or 0),
+                "completion_tokens": int(completion or 0),
                 "estimated": False,
             }
+        if self.inputs is not None:
+            return {"prompt_tokens": self.prompt_estimate, "completion_tokens": 0, "estimated": True}
         completion = _estimate_tokens(acc.text()) + sum(
             _estimate_tokens(c["name"] + c["arguments"]) for c in acc.tool_calls()
         )
@@ -573,6 +593,8 @@ class _Call:
                                     if text:
                                         acc.yielded_text = True
                                         yield LLMChunk(type="delta", text=text)
+                            elif self.inputs is not None:
+                                acc.feed_embeddings(await client.embeddings.create(**params))
                             else:
                                 acc.feed_response(await client.chat.completions.create(**params))
                             break
@@ -650,6 +672,7 @@ class _Call:
                     latency_ms=self.latency_ms,
                     provider_type=provider.provider_type,
                     usage_estimated=usage["estimated"],
+                    embeddings=acc.vectors,
                 )
                 try:
                     if self.stream:
@@ -780,6 +803,29 @@ async def achat(
     call = _Call(
         org=org, messages=messages, user=user, agent=agent, model=model, tools=tools,
         temperature=temperature, max_tokens=max_tokens, purpose=purpose, stream=False,
+    )  # fmt: skip
+    async with aclosing(call.run()) as chunks:
+        async for chunk in chunks:
+            if chunk.type == "done" and chunk.result is not None:
+                return chunk.result
+    raise ProviderUnavailable()  # unreachable: run() ends with done or raises
+
+
+async def aembed(
+    *,
+    org: Any,
+    inputs: list[str],
+    model: str | None = None,
+    user: Any = None,
+    agent: Any = None,
+    purpose: str = "embedding",
+) -> LLMResult:
+    """Embed ``inputs`` (vectors in ``result.embeddings``, in input order) through the same BYOK
+    resolution, guards, retries, failover and usage event as completions."""
+    call = _Call(
+        org=org, messages=[], user=user, agent=agent,
+        model=model or getattr(settings, "LLM_EMBEDDING_MODEL", "text-embedding-3-small"),
+        tools=None, temperature=None, max_tokens=None, purpose=purpose, stream=False, inputs=list(inputs),
     )  # fmt: skip
     async with aclosing(call.run()) as chunks:
         async for chunk in chunks:

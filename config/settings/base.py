@@ -418,6 +418,7 @@ LLM_MAX_RETRIES = env.int("LLM_MAX_RETRIES", default=2)
 LLM_RETRY_BASE_SECONDS = env.float("LLM_RETRY_BASE_SECONDS", default=0.5)
 # Model used when neither the call, the agent nor the org names one.
 LLM_DEFAULT_MODEL = env.str("LLM_DEFAULT_MODEL", default="gpt-4o-mini")
+LLM_EMBEDDING_MODEL = env.str("LLM_EMBEDDING_MODEL", default="text-embedding-3-small")
 # Seconds provider resolution is cached per process (saves of providers and AI configs clear it).
 LLM_RESOLVE_CACHE_SECONDS = env.int("LLM_RESOLVE_CACHE_SECONDS", default=5)
 # An agent without a heartbeat for this long shows offline.

@@ -28,6 +28,7 @@ from agents.llm import (
     ProviderUnavailable,
     achat,
     aclose_clients,
+    aembed,
     alist_models,
     astream,
     averify,
@@ -731,3 +732,28 @@ def test_achat_runs_inside_an_event_loop(org, up):
     result = run(lambda: achat(org=org, messages=HELLO))
 
     assert result.model == "fake-model-1" and result.content == "echo: hello there"
+
+
+# --- embeddings --------------------------------------------------------------------------------------
+
+
+def test_embeddings_come_back_in_input_order_with_one_usage_event(org, up, events):
+    provider = make_provider(org, up)
+
+    result = run(lambda: aembed(org=org, inputs=["sea otters", "hold hands"], model="fake-embed"))
+
+    assert len(result.embeddings) == 2 and len(result.embeddings[0]) == 64
+    assert result.embeddings[0] != result.embeddings[1]
+    assert (result.prompt_tokens, result.completion_tokens) == (10, 0)
+    assert result.provider_id == provider.pk
+    assert [(e["purpose"], e["prompt_tokens"], e["status"]) for e in events] == [("embedding", 10, "ok")]
+
+
+def test_embeddings_fail_over_like_completions(org, up, sleeps):
+    down = make_provider(org, up, mode="fail-500", priority=1, name="down")
+    backup = make_provider(org, up, priority=2, name="backup")
+
+    result = run(lambda: aembed(org=org, inputs=["x"], model="fake-embed"))
+
+    assert result.provider_id == backup.pk and result.embeddings
+    assert up.requests_for(auth(down)) == 3  # one try and two retries before the failover

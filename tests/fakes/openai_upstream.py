@@ -248,6 +248,8 @@ class H(BaseHTTPRequestHandler):
             except ClientGone:
                 return self._aborted()
         if self.path.endswith("/embeddings"):
+            if self._status_failure(self.headers.get("X-Fake-Mode") or str(body.get("model") or "")):
+                return
             inp = body.get("input")
             inputs = inp if isinstance(inp, list) else [inp]
             data = [
