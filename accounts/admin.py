@@ -73,9 +73,11 @@ def _field(obj: models.Model, name: str):
         return None
 
 
-def _audit_admin_write(request, obj: models.Model, verb: str, *, before=None, after=None) -> None:
+def _audit_admin_write(
+    request, obj: models.Model, verb: str, *, before=None, after=None, org: Organization | None = None
+) -> None:
     audit_record(
-        org=_org_of(obj),
+        org=org if org is not None else _org_of(obj),
         actor=request.user,
         action=f"{obj._meta.model_name}.admin_{verb}",
         entity=obj,
@@ -85,24 +87,40 @@ def _audit_admin_write(request, obj: models.Model, verb: str, *, before=None, af
 
 
 class AuditedAdminMixin:
-    """Admin saves and deletes write an audit row (``<model>.admin_created|updated|deleted``)."""
+    """Admin saves and deletes write an audit row (``<model>.admin_created|updated|deleted``).
+
+    Other apps' admins reuse it and override the three hooks: which org a row belongs to, how a
+    row is snapshotted (which values are secret), and which form fields count as changes.
+    """
+
+    def audit_org(self, obj: models.Model) -> Organization | None:
+        return _org_of(obj)
+
+    def audit_snapshot(self, obj: models.Model, names: list[str] | None = None) -> dict[str, Any]:
+        return _snapshot(obj, names)
+
+    def audited_changes(self, form) -> list[str]:
+        return list(form.changed_data)
+
+    def _audit(self, request, obj: models.Model, verb: str, *, before=None, after=None) -> None:
+        _audit_admin_write(request, obj, verb, before=before, after=after, org=self.audit_org(obj))
 
     def save_model(self, request, obj, form, change):
-        names = list(form.changed_data)
-        before = _snapshot(type(obj)._default_manager.get(pk=obj.pk), names) if change else None
+        names = self.audited_changes(form)
+        before = self.audit_snapshot(type(obj)._default_manager.get(pk=obj.pk), names) if change else None
         super().save_model(request, obj, form, change)
         if change and not names:
             return
-        after = _snapshot(obj, names) if change else _snapshot(obj)
-        _audit_admin_write(request, obj, "updated" if change else "created", before=before, after=after)
+        after = self.audit_snapshot(obj, names) if change else self.audit_snapshot(obj)
+        self._audit(request, obj, "updated" if change else "created", before=before, after=after)
 
     def delete_model(self, request, obj):
-        _audit_admin_write(request, obj, "deleted", before=_snapshot(obj))
+        self._audit(request, obj, "deleted", before=self.audit_snapshot(obj))
         super().delete_model(request, obj)
 
     def delete_queryset(self, request, queryset):
         for obj in queryset:
-            _audit_admin_write(request, obj, "deleted", before=_snapshot(obj))
+            self._audit(request, obj, "deleted", before=self.audit_snapshot(obj))
         super().delete_queryset(request, queryset)
 
 

@@ -20,7 +20,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.db import models
 
-from accounts.admin import HistoryAdmin
+from accounts.admin import AuditedAdminMixin, HistoryAdmin
 from accounts.services.audit import audit_record
 from agents.models import (
     Agent,
@@ -64,38 +64,18 @@ def _snapshot(obj: models.Model, names: list[str] | None = None) -> dict[str, An
     return values
 
 
-def _audit(request, obj: models.Model, verb: str, *, before=None, after=None) -> None:
-    audit_record(
-        org=_org_of(obj),
-        actor=request.user,
-        action=f"{obj._meta.model_name}.admin_{verb}",
-        entity=obj,
-        before=before,
-        after=after,
-    )
+class AuditedAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    """Saves and deletes write an audit row, with the agents app's org rules and secret markers."""
 
+    def audit_org(self, obj: models.Model):
+        return _org_of(obj)
 
-class AuditedAdmin(admin.ModelAdmin):
-    """Saves and deletes write an audit row (``<model>.admin_created|updated|deleted``)."""
+    def audit_snapshot(self, obj: models.Model, names: list[str] | None = None) -> dict[str, Any]:
+        return _snapshot(obj, names)
 
-    def save_model(self, request, obj, form, change):
+    def audited_changes(self, form) -> list[str]:
         names = [name for name in form.changed_data if not name.startswith("new_")]
-        names += [field for field in SECRET_FIELDS if getattr(form, "secret_changed", {}).get(field)]
-        before = _snapshot(type(obj)._default_manager.get(pk=obj.pk), names) if change else None
-        super().save_model(request, obj, form, change)
-        if change and not names:
-            return
-        after = _snapshot(obj, names) if change else _snapshot(obj)
-        _audit(request, obj, "updated" if change else "created", before=before, after=after)
-
-    def delete_model(self, request, obj):
-        _audit(request, obj, "deleted", before=_snapshot(obj))
-        super().delete_model(request, obj)
-
-    def delete_queryset(self, request, queryset):
-        for obj in queryset:
-            _audit(request, obj, "deleted", before=_snapshot(obj))
-        super().delete_queryset(request, queryset)
+        return names + [field for field in SECRET_FIELDS if getattr(form, "secret_changed", {}).get(field)]
 
 
 def _form_error(exc: ApplicationError) -> forms.ValidationError:
