@@ -6,8 +6,13 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts.api.urls import urlpatterns as accounts_api
 from agents.api.urls import urlpatterns as agents_api
+from billing.api.urls import urlpatterns as billing_api
+from chat.api.ai_urls import urlpatterns as chat_ai_api
+from chat.api.openai_urls import urlpatterns as openai_api
+from chat.api.urls import urlpatterns as chat_api
 from core.api.urls import api_urlpatterns as core_api
 from core.api.urls import probe_urlpatterns
+from knowledge.api.urls import urlpatterns as knowledge_api
 
 urlpatterns = [
     *probe_urlpatterns,
@@ -16,6 +21,11 @@ urlpatterns = [
     path("api/v1/", include(core_api)),
     path("api/v1/", include(accounts_api)),
     path("api/v1/", include(agents_api)),
+    path("api/v1/", include(chat_api)),
+    path("api/v1/ai/", include(chat_ai_api)),
+    path("api/v1/", include(knowledge_api)),
+    path("api/v1/", include(billing_api)),
+    path("v1/", include(openai_api)),
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
     path("_allauth/", include("allauth.headless.urls")),

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
@@ -22,6 +24,7 @@ class RequestContext:
     user_agent: str = ""
     path: str = ""
     api_key_id: object | None = None
+    channel: str = ""
 
 
 _OUTSIDE_REQUEST = RequestContext()
@@ -69,6 +72,24 @@ def unbind(token) -> None:
 def current() -> RequestContext:
     """The context of the request being served (defaults outside one: Celery, commands)."""
     return _context.get()
+
+
+def set_channel(channel: str) -> None:
+    """Name the surface serving this request (console, api, openai, ws, cron, webhook) so usage
+    records can say where a call came from; outside a request, use :func:`channel_scope`."""
+    ctx = _context.get()
+    if ctx is not _OUTSIDE_REQUEST:
+        ctx.channel = channel
+
+
+@contextmanager
+def channel_scope(channel: str, *, request_id: str | None = None) -> Iterator[RequestContext]:
+    """A context for work outside an HTTP request (a WebSocket frame, a cron job, a Celery task)."""
+    token = _context.set(RequestContext(request_id=request_id or uuid.uuid4().hex, channel=channel))
+    try:
+        yield _context.get()
+    finally:
+        _context.reset(token)
 
 
 def note_api_key(key_id) -> None:

@@ -58,6 +58,7 @@ from agents.llm.client import ResolvedProvider, make_client
 from agents.llm.errors import ProviderAuthError, ProviderBadRequest, ProviderUnavailable
 from agents.models import Provider
 from agents.registries import llm_guards, usage_listeners
+from core import context as request_context
 from core.errors import ApplicationError
 from core.metrics import LLM_TOKENS
 from core.outbound import OutboundBlocked
@@ -398,8 +399,17 @@ class _Call:
         purpose: str,
         stream: bool,
         inputs: list[str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         self.org = org
+        # Other request fields passed through to the upstream (tool_choice, response_format, stop,
+        # …); the choke point owns model, messages, streaming and usage reporting.
+        owned = ("model", "messages", "stream", "stream_options")
+        self.extra = {k: v for k, v in (extra or {}).items() if k not in owned}
+        context = request_context.current()
+        self.channel = context.channel or ("api" if context.path else "")
+        self.request_id = context.request_id if context.request_id != "-" else None
+        self.api_key_id = str(context.api_key_id) if context.api_key_id is not None else None
         self.messages = messages
         self.inputs = inputs  # set for an embedding call instead of messages
         self.user = user
@@ -430,6 +440,9 @@ class _Call:
             "provider_type": provider.provider_type,
             "provider_source": provider.source,
             "purpose": self.purpose,
+            "channel": self.channel,
+            "api_key_id": self.api_key_id,
+            "request_id": self.request_id,
             "stream": self.stream,
             "estimated_prompt_tokens": self.prompt_estimate,
             "max_tokens": self.max_tokens,
@@ -439,7 +452,7 @@ class _Call:
     def params(self, provider: ResolvedProvider) -> dict:
         if self.inputs is not None:
             return {"model": provider.model, "input": self.inputs}
-        params: dict[str, Any] = {"model": provider.model, "messages": self.messages}
+        params: dict[str, Any] = {**self.extra, "model": provider.model, "messages": self.messages}
         if self.tools:
             params["tools"] = self.tools
         if self.temperature is not None:
@@ -480,10 +493,14 @@ class _Call:
             "provider_source": provider.source,
             "model": provider.model,
             "purpose": self.purpose,
+            "channel": self.channel,
+            "api_key_id": self.api_key_id,
+            "request_id": self.request_id,
             "prompt_tokens": usage["prompt_tokens"],
             "completion_tokens": usage["completion_tokens"],
+            "usage_estimated": bool(usage.get("estimated")),
             "latency_ms": round(self.latency_ms if self.latency_ms is not None else self.elapsed_ms(), 3),
-            "status": "ok" if error_code is None else "error",
+            "status": _event_status(error_code),
         }
         if error_code is not None:
             event["error_code"] = error_code
@@ -689,6 +706,13 @@ class _Call:
             raise
 
 
+def _event_status(error_code: str | None) -> str:
+    """ok, cancelled (the caller went away or stopped the turn) or error."""
+    if error_code is None:
+        return "ok"
+    return "cancelled" if error_code == "ERR_CANCELLED" else "error"
+
+
 def _run_before(guards: list, call: dict) -> list[tuple[Any, Any]]:
     """Run every guard's ``before``; if one refuses, release the reservations already made."""
     done: list[tuple[Any, Any]] = []
@@ -772,6 +796,7 @@ async def astream(
     temperature: float | None = None,
     max_tokens: int | None = None,
     purpose: str = "chat",
+    extra: dict[str, Any] | None = None,
 ) -> AsyncIterator[LLMChunk]:
     """Stream one completion: ``delta`` chunks, then ``tool_call`` chunks, then ``done``.
 
@@ -780,7 +805,7 @@ async def astream(
     """
     call = _Call(
         org=org, messages=messages, user=user, agent=agent, model=model, tools=tools,
-        temperature=temperature, max_tokens=max_tokens, purpose=purpose, stream=True,
+        temperature=temperature, max_tokens=max_tokens, purpose=purpose, stream=True, extra=extra,
     )  # fmt: skip
     async with aclosing(call.run()) as chunks:
         async for chunk in chunks:
@@ -798,11 +823,12 @@ async def achat(
     temperature: float | None = None,
     max_tokens: int | None = None,
     purpose: str = "chat",
+    extra: dict[str, Any] | None = None,
 ) -> LLMResult:
     """One whole completion (not streamed upstream), with retries and failover."""
     call = _Call(
         org=org, messages=messages, user=user, agent=agent, model=model, tools=tools,
-        temperature=temperature, max_tokens=max_tokens, purpose=purpose, stream=False,
+        temperature=temperature, max_tokens=max_tokens, purpose=purpose, stream=False, extra=extra,
     )  # fmt: skip
     async with aclosing(call.run()) as chunks:
         async for chunk in chunks:

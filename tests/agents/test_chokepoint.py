@@ -470,7 +470,7 @@ def test_closing_the_stream_closes_the_upstream_connection(org, up, events):
 
     assert run(read_two_then_stop) == (["echo:", " w0"], True)
     assert len(events) == 1
-    assert (events[0]["status"], events[0]["error_code"]) == ("error", "ERR_CANCELLED")
+    assert (events[0]["status"], events[0]["error_code"]) == ("cancelled", "ERR_CANCELLED")
 
 
 def test_cancelling_the_consuming_task_closes_the_upstream_connection(org, up):
@@ -527,6 +527,10 @@ def test_one_usage_event_per_call_with_tokens(org, member, up, events):
         "completion_tokens": 3,
         "latency_ms": event["latency_ms"],
         "status": "ok",
+        "channel": "",
+        "api_key_id": None,
+        "request_id": None,
+        "usage_estimated": False,
     }
     assert events[1]["purpose"] == "chat" and events[1]["completion_tokens"] == 3
     assert LLM_TOKENS.labels("completion", "openai_compat")._value.get() == before + 6

@@ -1,0 +1,3 @@
+"""Billing and usage API routes."""
+
+urlpatterns: list = []

@@ -1,0 +1,3 @@
+"""Speech and vision utilities under /api/v1/ai/."""
+
+urlpatterns: list = []

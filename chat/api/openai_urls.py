@@ -1,0 +1,3 @@
+"""The OpenAI-compatible surface, mounted at /v1/."""
+
+urlpatterns: list = []

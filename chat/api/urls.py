@@ -1,0 +1,3 @@
+"""Chat API routes: conversations, messages, the streaming turn, feedback."""
+
+urlpatterns: list = []

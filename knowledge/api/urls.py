@@ -1,0 +1,3 @@
+"""Knowledge API routes."""
+
+urlpatterns: list = []
