@@ -17,12 +17,18 @@ $(BIN)/python: | check-python
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.run-deps: requirements.txt | $(BIN)/python
+# The local embedding backend (requirements-local.txt) is optional: installed where it can be had.
+LOCAL_EXTRA = $(BIN)/pip install --quiet -r requirements-local.txt \
+	|| echo "note: local embedding backend not installed (requirements-local.txt); its tests will skip"
+
+$(VENV)/.run-deps: requirements.txt requirements-local.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements.txt
+	@$(LOCAL_EXTRA)
 	@touch $@
 
-$(VENV)/.dev-deps: requirements.txt requirements-dev.txt | $(BIN)/python
+$(VENV)/.dev-deps: requirements.txt requirements-dev.txt requirements-local.txt | $(BIN)/python
 	$(BIN)/pip install --quiet -r requirements.txt -r requirements-dev.txt
+	@$(LOCAL_EXTRA)
 	@touch $@ $(VENV)/.run-deps
 
 run: $(VENV)/.run-deps

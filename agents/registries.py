@@ -37,3 +37,33 @@ def register_usage_listener(listener: UsageListener) -> UsageListener:
 
 def usage_listeners() -> list[UsageListener]:
     return list(_usage_listeners)
+
+
+CostEstimator = Callable[..., int | None]
+_cost_estimators: list[CostEstimator] = []
+
+
+def register_cost_estimator(estimator: CostEstimator) -> CostEstimator:
+    """Price tokens for the layers that show a cost (a chat turn's ``usage`` event) without
+    importing billing: ``estimator(*, org_id, model, provider_type, prompt_tokens,
+    completion_tokens) -> micro-dollars | None`` (None: the price is unknown)."""
+    if estimator not in _cost_estimators:
+        _cost_estimators.append(estimator)
+    return estimator
+
+
+def estimate_cost_micros(
+    *, org_id: Any, model: str, provider_type: str = "", prompt_tokens: int, completion_tokens: int
+) -> int | None:
+    """The first estimator's price of these tokens, or None when none is registered or knows it."""
+    for estimator in list(_cost_estimators):
+        micros = estimator(
+            org_id=org_id,
+            model=model,
+            provider_type=provider_type,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+        if micros is not None:
+            return int(micros)
+    return None

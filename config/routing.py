@@ -1,3 +1,5 @@
-"""WebSocket routes. The chat app adds the `/ws` RPC consumer when it lands."""
+"""WebSocket routes of every app, mounted by ``config.asgi``."""
 
-websocket_urlpatterns: list = []
+from chat.routing import websocket_urlpatterns as chat_websocket_urlpatterns
+
+websocket_urlpatterns: list = [*chat_websocket_urlpatterns]

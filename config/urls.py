@@ -24,6 +24,7 @@ urlpatterns = [
     path("api/v1/", include(chat_api)),
     path("api/v1/ai/", include(chat_ai_api)),
     path("api/v1/", include(knowledge_api)),
+    path("api/v1/", include("knowledge.memory.api.urls")),
     path("api/v1/", include(billing_api)),
     path("v1/", include(openai_api)),
     path("admin/", admin.site.urls),

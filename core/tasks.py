@@ -47,3 +47,11 @@ def purge_idempotency_records() -> int:
 def fail_stale_jobs() -> int:
     """Beat: fail jobs whose worker died mid-run."""
     return services.job_fail_stale()
+
+
+@shared_task(name="core.tasks.run_cron", ignore_result=True)
+def run_cron(name: str) -> dict:
+    """Beat: run one registered cron job (see core.crons) in a worker."""
+    from core.crons import run_cron as run
+
+    return run(name)

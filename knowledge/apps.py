@@ -8,3 +8,9 @@ class KnowledgeConfig(AppConfig):
 
     name = "knowledge"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from knowledge import (
+            tasks,  # noqa: F401 - registers the job handlers
+            tools,  # noqa: F401 - registers the knowledge_search tool
+        )

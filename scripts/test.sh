@@ -24,8 +24,9 @@ schema=$(mktemp)
 $BIN/python manage.py spectacular --validate --fail-on-warn --file "$schema"
 rm -f "$schema"
 
-step "pytest"
-$BIN/python -m pytest "$@"
+step "pytest (${PYTEST_WORKERS:=2} workers)"
+# Each xdist worker has its own test database and Celery queue (config/settings/test.py).
+$BIN/python -m pytest -n "$PYTEST_WORKERS" "$@"
 
 step "embedded default smoke (SQLite, in-memory layer, filesystem broker)"
 unset DJANGO_SETTINGS_MODULE

@@ -1,7 +1,7 @@
 """The LLM layer of the platform: every LLM call goes through the choke point exported here.
 
 Other apps call only these names: ``achat`` / ``chat`` / ``astream`` for completions, ``aembed``
-for embeddings,
+for embeddings, ``atranscribe`` / ``aspeech`` (sync: ``transcribe`` / ``speech``) for audio,
 ``resolve_providers`` for the BYOK order, ``alist_models`` / ``averify`` for provider checks (with
 ``provider_resolved(row)`` / ``personal_resolved(config)`` to turn a stored row into their input),
 and the errors. The SDK client factory (``agents.llm.client``) is an implementation detail.
@@ -21,22 +21,27 @@ from agents.llm.chokepoint import (
 )
 from agents.llm.client import ResolvedProvider
 from agents.llm.errors import NoProviderError, ProviderAuthError, ProviderBadRequest, ProviderUnavailable
+from agents.llm.media import SPEECH_FORMATS, MediaResult, aspeech, atranscribe, speech, transcribe
 from agents.llm.resolve import clear_cache as clear_resolution_cache
 from agents.llm.resolve import personal_resolved, provider_resolved, resolve_providers
 
 __all__ = [
     "LLMChunk",
     "LLMResult",
+    "MediaResult",
     "NoProviderError",
     "ProviderAuthError",
     "ProviderBadRequest",
     "ProviderUnavailable",
     "ResolvedProvider",
+    "SPEECH_FORMATS",
     "achat",
     "aclose_clients",
     "aembed",
     "alist_models",
+    "aspeech",
     "astream",
+    "atranscribe",
     "averify",
     "chat",
     "clear_resolution_cache",
@@ -44,4 +49,6 @@ __all__ = [
     "personal_resolved",
     "provider_resolved",
     "resolve_providers",
+    "speech",
+    "transcribe",
 ]

@@ -461,6 +461,14 @@ class _Call:
             params["max_tokens"] = self.max_tokens
         return params
 
+    async def request(self, client: openai.AsyncOpenAI, params: dict, acc: _Accumulator) -> None:
+        """One whole (not streamed) upstream request into ``acc``; ``agents.llm.media`` overrides
+        it for the audio endpoints, which share everything else of the call."""
+        if self.inputs is not None:
+            acc.feed_embeddings(await client.embeddings.create(**params))
+        else:
+            acc.feed_response(await client.chat.completions.create(**params))
+
     def usage_of(self, acc: _Accumulator | None) -> dict:
         if acc is None:
             return {"prompt_tokens": 0, "completion_tokens": 0, "estimated": False}
@@ -610,10 +618,8 @@ class _Call:
                                     if text:
                                         acc.yielded_text = True
                                         yield LLMChunk(type="delta", text=text)
-                            elif self.inputs is not None:
-                                acc.feed_embeddings(await client.embeddings.create(**params))
                             else:
-                                acc.feed_response(await client.chat.completions.create(**params))
+                                await self.request(client, params, acc)
                             break
                         except Exception as exc:
                             failure = _classify(exc)

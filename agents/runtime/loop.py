@@ -20,7 +20,12 @@ Hooks for the layers above:
   conversation_id) -> list[message dict]`` so a run with a ``conversation_id`` continues the
   conversation; a caller may also pass ``history=`` directly.
 - ``on_event``: an async callback receiving ``{"type": "llm" | "tool_call" | "tool_result", …}`` as
-  the run progresses (the chat stream forwards them as ``chat.tool_call`` / ``chat.tool_result``).
+  the run progresses (the chat stream forwards them as ``chat.tool_call`` / ``chat.tool_result``;
+  ``tool_result`` carries the recorded ``step`` and the unclipped ``result``).
+- ``stream=True``: each LLM step goes through ``agents.llm.astream`` and every text chunk reaches
+  ``on_event`` as ``{"type": "delta", "text": …}`` as soon as the upstream sends it (the chat turn
+  and the OpenAI-compatible surface stream these). Cancelling the run's task closes the upstream
+  stream at once (``aclosing``) and records the run as cancelled.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 from uuid import UUID
 
@@ -178,6 +184,7 @@ async def _run_tool_call(
         step["result"] = _clip(outcome["result"])
     step["duration_ms"] = round((time.perf_counter() - started) * 1000, 2)
     step["content"] = _tool_content(outcome)
+    step["_result"] = outcome.get("result")  # unclipped, for the tool_result event only
     return step
 
 
@@ -190,6 +197,7 @@ async def arun_agent(
     trigger: str = "wake",
     history: list[dict[str, Any]] | None = None,
     on_event: EventCallback | None = None,
+    stream: bool = False,
 ) -> AgentRun:
     """Run the agent once on ``message``; returns the finished AgentRun (see the module doc)."""
     started = time.perf_counter()
@@ -234,7 +242,9 @@ async def arun_agent(
         base_ctx = ToolContext(org=org, agent=agent, user=user, run_id=run.pk)
         rounds = 0
         while True:
-            result = await _llm_step(agent, user, messages, schemas, steps, totals)
+            result = await _llm_step(
+                agent, user, messages, schemas, steps, totals, on_delta=emit if stream else None
+            )
             await emit({"type": "llm", "step": steps[-1]})
             if not result.tool_calls:
                 return await finish(
@@ -259,11 +269,12 @@ async def arun_agent(
             )
             for call, step in zip(result.tool_calls, tool_steps, strict=True):
                 content = step.pop("content")
+                full_result = step.pop("_result", None)
                 messages.append({"role": "tool", "tool_call_id": call.get("id", ""), "content": content})
                 step["round"] = rounds
                 steps.append(step)
                 totals.tool_calls += 1
-                await emit({"type": "tool_result", "step": step})
+                await emit({"type": "tool_result", "step": step, "result": full_result})
     except ApplicationError as exc:
         await finish(AgentRun.Status.FAILED, error={"code": exc.code, "message": exc.message})
         raise
@@ -278,22 +289,40 @@ async def arun_agent(
         raise
 
 
-async def _llm_step(agent: Agent, user, messages, schemas, steps, totals):
-    """One call of the choke point, recorded as a step."""
-    from agents.llm import achat
+async def _llm_step(
+    agent: Agent, user, messages, schemas, steps, totals, on_delta: EventCallback | None = None
+):
+    """One call of the choke point, recorded as a step; streamed upstream when ``on_delta`` is
+    given, which then receives every text chunk as ``{"type": "delta", "text": …}``."""
+    from agents.llm import achat, astream
 
     started = time.perf_counter()
-    result = await achat(
-        org=agent.org,
-        messages=messages,
-        user=user,
-        agent=agent,
-        model=agent.model or None,
-        tools=schemas,
-        temperature=agent.temperature,
-        max_tokens=agent.max_tokens,
-        purpose="agent_run",
-    )
+    request = {
+        "org": agent.org,
+        "messages": messages,
+        "user": user,
+        "agent": agent,
+        "model": agent.model or None,
+        "tools": schemas,
+        "temperature": agent.temperature,
+        "max_tokens": agent.max_tokens,
+        "purpose": "agent_run",
+    }
+    if on_delta is None:
+        result = await achat(**request)
+    else:
+        result = None
+        # Iterate to the end even after ``done``: the choke point settles usage on the next pull.
+        async with aclosing(astream(**request)) as chunks:
+            async for chunk in chunks:
+                if chunk.type == "delta" and chunk.text:
+                    await on_delta({"type": "delta", "text": chunk.text})
+                elif chunk.type == "done":
+                    result = chunk.result
+        if result is None:  # pragma: no cover - astream ends with done or raises
+            raise ApplicationError(
+                "The model sent no answer.", code="ERR_PROVIDER_UNAVAILABLE", status_code=502
+            )
     totals.add(result)
     steps.append(
         {

@@ -29,6 +29,7 @@ from accounts.models import ApiKey, Membership, Organization, Role, User
 from accounts.services.audit import audit_record
 from agents.models import Agent, AgentShare, Provider
 from core.errors import ConflictError, NotFoundError, PermissionDeniedError, ValidationError
+from core.quotas import check_limit
 from core.realtime import publish_on_commit
 
 KEY_PATTERN = re.compile(r"^[a-z0-9_-]{1,64}$")
@@ -241,7 +242,9 @@ def clean_id_list(field: str, values: Any) -> list[str]:
 
 
 def _save_new(agent: Agent) -> Agent:
-    """Insert, turning a key race lost to a concurrent insert into the 409."""
+    """Insert, turning a key race lost to a concurrent insert into the 409; the org's plan must
+    allow one more agent (403 ``ERR_PLAN_LIMIT``, through ``core.quotas``)."""
+    check_limit(org=agent.org, resource="agents")
     try:
         with transaction.atomic():
             agent.save(force_insert=True)

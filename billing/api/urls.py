@@ -1,3 +1,5 @@
-"""Billing and usage API routes."""
+"""Billing and usage API routes (mounted under /api/v1/)."""
 
-urlpatterns: list = []
+from . import credits, plans, usage
+
+urlpatterns = [*usage.urlpatterns, *credits.urlpatterns, *plans.urlpatterns]

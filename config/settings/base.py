@@ -76,8 +76,10 @@ INSTALLED_APPS = [
     "agents",
     "chat",
     "knowledge",
+    "knowledge.memory",
     "billing",
     "boards",
+    "config.apps.WiringConfig",  # last: connects the apps above (config/apps.py)
 ]
 
 MIDDLEWARE = [
@@ -234,11 +236,43 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": crontab(minute=23, hour="*/6"),
         "options": {"expires": 5 * 3600},
     },
+    # Every 5 minutes: chat turns left "streaming" by a web process that died are closed.
+    "sweep-stale-turns": {
+        "task": "chat.tasks.sweep_stale_turns",
+        "schedule": crontab(minute="*/5"),
+        "options": {"expires": 4 * 60},
+    },
     # Every 5 minutes: jobs whose worker died mid-run are marked failed.
     "fail-stale-jobs": {
         "task": "core.tasks.fail_stale_jobs",
         "schedule": crontab(minute="*/5"),
         "options": {"expires": 4 * 60},
+    },
+    # Every minute: documents whose ingesting worker died (lease expired) or was never reached.
+    "requeue-stale-documents": {
+        "task": "knowledge.tasks.requeue_stale_documents",
+        "schedule": crontab(minute="*"),
+        "options": {"expires": 50},
+    },
+    # Every 10 minutes: summarise conversations idle for EPISODIC_IDLE_MINUTES (knowledge.memory).
+    "episodic-summaries": {
+        "task": "knowledge.memory.tasks.summarise_idle_conversations",
+        "schedule": crontab(minute="*/10"),
+        "options": {"expires": 9 * 60},
+    },
+    # Hourly at :05: roll the finished hour (and day) of usage records into rollups.
+    "usage-rollup": {
+        "task": "core.tasks.run_cron",
+        "schedule": crontab(minute=5),
+        "args": ["usage-rollup"],
+        "options": {"expires": 55 * 60},
+    },
+    # Every 10 minutes: release expired cap reservations, repair drifted cap counters.
+    "reconcile-budgets": {
+        "task": "core.tasks.run_cron",
+        "schedule": crontab(minute="*/10"),
+        "args": ["reconcile-budgets"],
+        "options": {"expires": 9 * 60},
     },
 }
 
@@ -419,16 +453,50 @@ LLM_RETRY_BASE_SECONDS = env.float("LLM_RETRY_BASE_SECONDS", default=0.5)
 # Model used when neither the call, the agent nor the org names one.
 LLM_DEFAULT_MODEL = env.str("LLM_DEFAULT_MODEL", default="gpt-4o-mini")
 LLM_EMBEDDING_MODEL = env.str("LLM_EMBEDDING_MODEL", default="text-embedding-3-small")
+# Models of /api/v1/ai when the caller names none: speech to text, text to speech, and image
+# extraction (empty: the org's chat model, as for any completion).
+LLM_TRANSCRIBE_MODEL = env.str("LLM_TRANSCRIBE_MODEL", default="whisper-1")
+LLM_TTS_MODEL = env.str("LLM_TTS_MODEL", default="tts-1")
+LLM_VISION_MODEL = env.str("LLM_VISION_MODEL", default="")
 # Seconds provider resolution is cached per process (saves of providers and AI configs clear it).
 LLM_RESOLVE_CACHE_SECONDS = env.int("LLM_RESOLVE_CACHE_SECONDS", default=5)
 # An agent without a heartbeat for this long shows offline.
 AGENT_OFFLINE_AFTER = env.int("AGENT_OFFLINE_AFTER", default=300)
+# /v1/chat/completions and /v1/responses may name a provider model (MEMBER+, not agent keys).
+OPENAI_RAW_MODELS = env.bool("OPENAI_RAW_MODELS", default=True)
+# bench/stream_fanout.py only: an upstream URL mounts a bare relay at /v1/_bench/relay/… (never in prod).
+BENCH_RELAY_UPSTREAM = env.str("BENCH_RELAY_UPSTREAM", default="")
 
 # --- Realtime and jobs -------------------------------------------------------------------------
 # How often a stream re-reads the database when no push can reach it (in-memory channel layer).
 STREAM_POLL_SECONDS = env.float("STREAM_POLL_SECONDS", default=0.5 if not REDIS_URL else 15.0)
 SSE_KEEPALIVE_SECONDS = env.float("SSE_KEEPALIVE_SECONDS", default=15.0)
+# WebSocket RPC (/ws): the largest frame a client may send (larger answers ERR_FRAME_TOO_LARGE), and
+# how many requests and streaming turns one socket may have running (more: ERR_TOO_MANY_REQUESTS).
+WS_MAX_FRAME_BYTES = env.int("WS_MAX_FRAME_BYTES", default=256 * 1024)
+WS_MAX_IN_FLIGHT = env.int("WS_MAX_IN_FLIGHT", default=8)
 JOB_STALE_AFTER_SECONDS = env.int("JOB_STALE_AFTER_SECONDS", default=CELERY_TASK_TIME_LIMIT + 60)
+
+# --- Knowledge ---------------------------------------------------------------------------------
+# Uploaded documents live in Django's default storage, under MEDIA_ROOT (inside VAR_DIR by default).
+MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(VAR_DIR / "media")))
+MEDIA_URL = "/media/"
+# A worker holds a document this long; a document whose lease ran out is picked up again.
+KNOWLEDGE_LEASE_SECONDS = env.int("KNOWLEDGE_LEASE_SECONDS", default=600)
+KNOWLEDGE_MAX_ATTEMPTS = env.int("KNOWLEDGE_MAX_ATTEMPTS", default=3)
+# Inputs per embedding call (provider) or encoder batch (local model).
+KNOWLEDGE_EMBED_BATCH = env.int("KNOWLEDGE_EMBED_BATCH", default=64)
+# Local model: torch threads per process (0 = every core; 1 by default, since web and worker share
+# the cores and spinning torch threads slow each other down ~10x) and int8 dynamic quantisation
+# (about 2x faster, but vectors drift from the float model's: cosine ~0.93, so off by default).
+KNOWLEDGE_LOCAL_THREADS = env.int("KNOWLEDGE_LOCAL_THREADS", default=1)
+KNOWLEDGE_LOCAL_QUANTIZE = env.bool("KNOWLEDGE_LOCAL_QUANTIZE", default=False)
+# Reciprocal rank fusion of hybrid search: k and the weight of each side.
+KNOWLEDGE_RRF_K = env.int("KNOWLEDGE_RRF_K", default=60)
+KNOWLEDGE_RRF_KEYWORD_WEIGHT = env.float("KNOWLEDGE_RRF_KEYWORD_WEIGHT", default=1.0)
+KNOWLEDGE_RRF_VECTOR_WEIGHT = env.float("KNOWLEDGE_RRF_VECTOR_WEIGHT", default=1.0)
+# Agent memory: a conversation idle this long gets (or refreshes) its episodic summary.
+EPISODIC_IDLE_MINUTES = env.int("EPISODIC_IDLE_MINUTES", default=30)
 
 # --- Operations --------------------------------------------------------------------------------
 METRICS_BASIC_AUTH = env.str("METRICS_BASIC_AUTH", default="")
@@ -437,6 +505,41 @@ HEALTH_CHECK_TIMEOUT_SECONDS = env.float("HEALTH_CHECK_TIMEOUT_SECONDS", default
 EMAIL_CONFIG = env.email_url("EMAIL_URL", default="consolemail://")
 vars().update(EMAIL_CONFIG)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="platform@localhost")
+
+# --- Billing: usage metering, spend caps, credits, plans, payments -------------------------------
+# Worst-case output tokens reserved against spend caps when a call sets no max_tokens.
+USAGE_CAP_DEFAULT_MAX_OUTPUT_TOKENS = env.int("USAGE_CAP_DEFAULT_MAX_OUTPUT_TOKENS", default=4096)
+# A reservation not settled by then (its worker died) is released by the reconcile-budgets cron.
+USAGE_CAP_RESERVATION_SECONDS = env.int("USAGE_CAP_RESERVATION_SECONDS", default=900)
+# Seconds an org's policies/plan/price overrides are cached for the LLM guard (changes drop it).
+USAGE_CAP_CACHE_SECONDS = env.int("USAGE_CAP_CACHE_SECONDS", default=30)
+# Also log allowed calls (not only blocks) in /api/v1/usage-caps/events.
+USAGE_CAP_LOG_ALLOWED = env.bool("USAGE_CAP_LOG_ALLOWED", default=True)
+# Cap counter transactions skip the WAL flush wait on PostgreSQL (reconcile-budgets repairs a crash).
+USAGE_CAP_ASYNC_COMMIT = env.bool("USAGE_CAP_ASYNC_COMMIT", default=True)
+# Credits per US dollar of LLM cost for orgs on a credit plan (100: one credit is one cent).
+CREDITS_PER_USD = env.int("CREDITS_PER_USD", default=100)
+CREDITS_SIGNUP_BONUS = env.int("CREDITS_SIGNUP_BONUS", default=0)
+# Plan of orgs without a subscription (billing/data/plans.json; empty: the file's default).
+BILLING_DEFAULT_PLAN = env.str("BILLING_DEFAULT_PLAN", default="")
+# Stripe: checkout answers 501 without the secret key; the webhook needs the signing secret.
+STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
+STRIPE_PRICE_PRO = env.str("STRIPE_PRICE_PRO", default="")
+STRIPE_PRICE_TEAM = env.str("STRIPE_PRICE_TEAM", default="")
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")
+# Secret that POST /api/cron/<job> callers present (empty: the endpoint answers 401).
+CRON_SECRET = env.str("CRON_SECRET", default="")
+SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
+    {
+        "KnowledgeDocumentStatusEnum": [
+            ("pending", "Pending"),
+            ("processing", "Processing"),
+            ("ready", "Ready"),
+            ("failed", "Failed"),
+        ],
+    }
+)
 
 # --- Logging: one JSON object per line ---------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")

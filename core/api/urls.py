@@ -2,13 +2,14 @@
 
 from django.urls import path
 
-from . import views
+from . import cron, views
 
 probe_urlpatterns = [
     path("health", views.HealthView.as_view(), name="health"),
     path("ready", views.ReadyView.as_view(), name="ready"),
     path("version", views.VersionView.as_view(), name="version"),
     path("metrics", views.MetricsView.as_view(), name="metrics"),
+    path("api/cron/<str:job>", cron.CronRunView.as_view(), name="cron-run"),
 ]
 
 api_urlpatterns = [

@@ -2,6 +2,11 @@
 
 Used by DRF (``api_exception_handler``), by Django's handler404/handler500/CSRF failure view, and by
 the request middleware as a safety net for any other non-2xx answer under the API prefixes.
+
+The OpenAI-compatible surface (``/v1/…``) answers in OpenAI's own error shape instead,
+``{"error": {"message", "type", "param", "code"}}``, so that OpenAI's SDKs raise their proper
+exception classes: a DRF view says so with ``error_format = "openai"``; answers made outside a view
+(unknown routes, the body limit, the middleware safety net) go by the path prefix.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from .exceptions import ApplicationError
 logger = logging.getLogger("core.errors")
 
 API_PREFIXES = ("/api/", "/v1/", "/mcp")
+OPENAI_PREFIXES = ("/v1/",)
+OPENAI_FORMAT = "openai"
 
 STATUS_CODES: dict[int, tuple[str, str]] = {
     400: ("ERR_BAD_REQUEST", "The request could not be processed."),
@@ -56,9 +63,40 @@ def is_api_path(path: str) -> bool:
     return path.startswith(API_PREFIXES)
 
 
+def is_openai_path(path: str) -> bool:
+    """Whether answers under this path use OpenAI's error shape (the ``/v1/`` surface)."""
+    return path.startswith(OPENAI_PREFIXES)
+
+
 def envelope(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
     """The body of every error answer."""
     return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+# OpenAI's error ``type`` per status; anything else 4xx is an invalid request, 5xx a server error.
+OPENAI_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    429: "rate_limit_error",
+}
+# Platform codes whose OpenAI counterpart clients already know by name.
+OPENAI_CODES = {
+    "ERR_AUTHENTICATION_FAILED": "invalid_api_key",
+    "ERR_UNAUTHENTICATED": "invalid_api_key",
+    "ERR_RATE_LIMITED": "rate_limit_exceeded",
+}
+
+
+def openai_envelope(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> dict:
+    """OpenAI's error body: ``type`` from the status, ``code`` the platform code in snake case,
+    ``param`` the first invalid field of a validation error."""
+    kind = OPENAI_TYPES.get(status) or ("server_error" if status >= 500 else "invalid_request_error")
+    fields = (details or {}).get("fields")
+    param = next(iter(fields), None) if isinstance(fields, dict) and fields else None
+    openai_code = OPENAI_CODES.get(code) or code.removeprefix("ERR_").lower()
+    return {"error": {"message": message, "type": kind, "param": param, "code": openai_code}}
 
 
 def error_response(
@@ -66,10 +104,16 @@ def error_response(
     code: str | None = None,
     message: str | None = None,
     details: dict[str, Any] | None = None,
+    *,
+    request: HttpRequest | None = None,
 ) -> JsonResponse:
-    """A plain Django JSON error answer, for code paths outside DRF."""
+    """A plain Django JSON error answer, for code paths outside DRF (OpenAI's shape when
+    ``request`` is on the OpenAI-compatible surface)."""
     default_code, default_message = STATUS_CODES.get(status, STATUS_CODES[500 if status >= 500 else 400])
-    return JsonResponse(envelope(code or default_code, message or default_message, details), status=status)
+    code, message = code or default_code, message or default_message
+    if request is not None and is_openai_path(request.path):
+        return JsonResponse(openai_envelope(status, code, message, details), status=status)
+    return JsonResponse(envelope(code, message, details), status=status)
 
 
 def _validation_message(detail: Any) -> str:
@@ -136,6 +180,11 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         status, (code, message) = 500, STATUS_CODES[500]
         details = {"request_id": current_request_id()}
     notify_error_observers(request, exc, status, code)
+    view = context.get("view")
+    if getattr(view, "error_format", None) == OPENAI_FORMAT or (
+        request is not None and is_openai_path(request.path)
+    ):
+        return Response(openai_envelope(status, code, message, details), status=status, headers=headers)
     return Response(envelope(code, message, details), status=status, headers=headers)
 
 
@@ -145,7 +194,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
 def handler404(request: HttpRequest, exception: Exception | None = None):
     """Unknown routes: the envelope under the API prefixes, Django's page elsewhere."""
     if is_api_path(request.path):
-        return error_response(404, "ERR_ROUTE_NOT_FOUND", f"No route matches {request.path}.")
+        return error_response(
+            404, "ERR_ROUTE_NOT_FOUND", f"No route matches {request.path}.", request=request
+        )
     from django.views.defaults import page_not_found
 
     return page_not_found(request, exception)
@@ -154,7 +205,7 @@ def handler404(request: HttpRequest, exception: Exception | None = None):
 def handler500(request: HttpRequest):
     """Uncaught errors (already logged by Django with the request id): never a traceback."""
     if is_api_path(request.path):
-        return error_response(500, details={"request_id": current_request_id()})
+        return error_response(500, details={"request_id": current_request_id()}, request=request)
     from django.views.defaults import server_error
 
     return server_error(request)
@@ -163,9 +214,9 @@ def handler500(request: HttpRequest):
 def handler400(request: HttpRequest, exception: Exception | None = None):
     """Malformed requests (bad Host header, suspicious operations)."""
     if isinstance(exception, RequestDataTooBig):
-        return error_response(413)
+        return error_response(413, request=request)
     if is_api_path(request.path):
-        return error_response(400)
+        return error_response(400, request=request)
     from django.views.defaults import bad_request
 
     return bad_request(request, exception)
@@ -174,7 +225,7 @@ def handler400(request: HttpRequest, exception: Exception | None = None):
 def handler403(request: HttpRequest, exception: Exception | None = None):
     """Permission denied outside DRF."""
     if is_api_path(request.path):
-        return error_response(403)
+        return error_response(403, request=request)
     from django.views.defaults import permission_denied
 
     return permission_denied(request, exception)
@@ -183,7 +234,7 @@ def handler403(request: HttpRequest, exception: Exception | None = None):
 def csrf_failure(request: HttpRequest, reason: str = ""):
     """CSRF_FAILURE_VIEW: session writes without the token."""
     if is_api_path(request.path):
-        return error_response(403, "ERR_CSRF_FAILED", f"CSRF check failed: {reason}")
+        return error_response(403, "ERR_CSRF_FAILED", f"CSRF check failed: {reason}", request=request)
     from django.views.csrf import csrf_failure as default
 
     return default(request, reason)

@@ -71,6 +71,7 @@ class BodySizeLimitMiddleware(HybridMiddleware):
             413,
             message=f"The request body is {size} bytes; this endpoint accepts at most {limit}.",
             details={"limit_bytes": limit, "received_bytes": size},
+            request=request,
         )
 
     def handle(self, request):

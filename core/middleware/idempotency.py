@@ -93,6 +93,7 @@ def _claim(request, key: str) -> tuple[IdempotencyRecord | None, HttpResponse | 
                 "ERR_IDEMPOTENCY_MISMATCH",
                 "This Idempotency-Key was already used with a different request.",
                 {"idempotency_key": key},
+                request=request,
             )
         if existing.state == IdempotencyRecord.State.DONE:
             return None, _replay(existing)
@@ -109,10 +110,11 @@ def _claim(request, key: str) -> tuple[IdempotencyRecord | None, HttpResponse | 
             "ERR_IDEMPOTENCY_IN_PROGRESS",
             "A request with this Idempotency-Key is still being processed; retry shortly.",
             {"idempotency_key": key},
+            request=request,
         )
         response["Retry-After"] = "1"
         return None, response
-    return None, error_response(409, "ERR_IDEMPOTENCY_IN_PROGRESS", "Retry shortly.")
+    return None, error_response(409, "ERR_IDEMPOTENCY_IN_PROGRESS", "Retry shortly.", request=request)
 
 
 def _settle(record: IdempotencyRecord, response) -> None:
@@ -132,12 +134,13 @@ def _forget(record: IdempotencyRecord) -> None:
     IdempotencyRecord.objects.filter(pk=record.pk).delete()
 
 
-def _key_error(key: str) -> HttpResponse | None:
+def _key_error(key: str, request=None) -> HttpResponse | None:
     if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
         return error_response(
             400,
             "ERR_IDEMPOTENCY_KEY_INVALID",
             f"{HEADER} must be 1 to {MAX_KEY_LENGTH} printable characters.",
+            request=request,
         )
     return None
 
@@ -153,7 +156,7 @@ class IdempotencyMiddleware(HybridMiddleware):
         if not _applies(request):
             return self.get_response(request)
         key = request.headers[HEADER].strip()
-        if bad := _key_error(key):
+        if bad := _key_error(key, request):
             return bad
         record, answer = _claim(request, key)
         if answer is not None:
@@ -170,7 +173,7 @@ class IdempotencyMiddleware(HybridMiddleware):
         if not _applies(request):
             return await self.get_response(request)
         key = request.headers[HEADER].strip()
-        if bad := _key_error(key):
+        if bad := _key_error(key, request):
             return bad
         record, answer = await sync_to_async(_claim)(request, key)
         if answer is not None:

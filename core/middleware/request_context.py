@@ -52,7 +52,7 @@ class RequestContextMiddleware(HybridMiddleware):
             and not response.streaming
             and not response.get("Content-Type", "").startswith("application/json")
         ):
-            replacement = error_response(response.status_code)
+            replacement = error_response(response.status_code, request=request)
             for header in _KEPT_HEADERS:
                 if header in response:
                     replacement[header] = response[header]

@@ -1,3 +1,5 @@
-"""Knowledge API routes."""
+"""Routes of `knowledge` under /api/v1/ (agent memory mounts its own, ``knowledge.memory.api.urls``)."""
 
-urlpatterns: list = []
+from .views import urlpatterns
+
+__all__ = ["urlpatterns"]

@@ -23,6 +23,15 @@ failover chain can fail while the others answer the same model):
   results are in the conversation, asks for the first tool of the request's ``tools`` with
   ``{"step": k}``; then answers "done after <results> tools".
 
+- ``json`` / ``json-<anything>``: the answer is JSON text (see ``_json_reply_for``): the text after
+  ``FAKE-JSON:`` in the last message that has one (verbatim, so a test can script invalid output),
+  else an object built from the request's ``response_format`` JSON schema, else ``{"echo": …}``.
+
+Audio: ``/v1/audio/transcriptions`` (multipart) answers the text after ``SAY:`` in the audio bytes
+(else ``audio of <n> bytes <sha256[:12]>``) with token usage (duration usage for ``whisper*``
+models); ``/v1/audio/speech`` answers a few bytes of audio that start with the magic bytes of the
+requested ``response_format`` and the matching Content-Type. Both honour the ``fail-*`` modes.
+
 An API key beginning with ``fail-401`` / ``fail-403`` answers that status on every endpoint
 (for key probes against ``/v1/models``).
 
@@ -30,6 +39,7 @@ An API key beginning with ``fail-401`` / ``fail-403`` answers that status on eve
 away mid-answer), overall and per fail key (``requests_by_key``, ``aborted_by_key``).
 """
 
+import email.policy
 import hashlib
 import json
 import math
@@ -40,11 +50,24 @@ import sys
 import threading
 import time
 from collections import Counter
+from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MODEL = "fake-model-1"
 FAIL_STATUS = re.compile(r"^fail-(\d{3})(?:-(once|x\d+))?$")
 TOOLS_MODE = re.compile(r"^tools-(\d+)(?:-p(\d+))?$")
+JSON_MODE = re.compile(r"^json(?:-.*)?$")
+JSON_MARK = "FAKE-JSON:"
+SAY_MARK = b"SAY:"
+# The first bytes of each speech format, so that callers can check what they received.
+AUDIO_OUT = {
+    "mp3": (b"ID3\x04\x00\x00\x00\x00\x00\x00", "audio/mpeg"),
+    "wav": (b"RIFF\x24\x00\x00\x00WAVEfmt ", "audio/wav"),
+    "opus": (b"OggS\x00\x02", "audio/ogg"),
+    "flac": (b"fLaC\x00\x00\x00\x22", "audio/flac"),
+    "aac": (b"\xff\xf1\x50\x80", "audio/aac"),
+    "pcm": (b"\x00\x00", "audio/pcm"),
+}
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -94,6 +117,62 @@ def _tool_calls_for(body, steps, parallel):
         for i in range(parallel)
     ]
     return calls, results
+
+
+def _text_parts(message):
+    content = message.get("content")
+    if isinstance(content, list):
+        return [str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text"]
+    return [str(content or "")]
+
+
+def _sample_for(schema, name):
+    """A value that fits a JSON schema: the answer of a model that read every field."""
+    if not isinstance(schema, dict):
+        return f"{name} value"
+    if "enum" in schema and schema["enum"]:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object" or (kind is None and "properties" in schema):
+        return {k: _sample_for(v, k) for k, v in (schema.get("properties") or {}).items()}
+    if kind == "array":
+        return [_sample_for(schema.get("items") or {}, name)]
+    return {"integer": 1, "number": 1.5, "boolean": True, "null": None}.get(kind, f"{name} value")
+
+
+def _json_reply_for(body):
+    """The text of a ``json`` mode answer (see the module docstring)."""
+    for message in reversed(body.get("messages", [])):
+        for part in reversed(_text_parts(message)):
+            if JSON_MARK in part:
+                return part.split(JSON_MARK, 1)[1].strip()
+    response_format = body.get("response_format") or {}
+    schema = (response_format.get("json_schema") or {}).get("schema")
+    if response_format.get("type") == "json_schema" and isinstance(schema, dict):
+        return json.dumps(_sample_for(schema, "value"))
+    return json.dumps({"echo": _reply_for(body.get("messages", []))[len("echo: ") :]})
+
+
+def _multipart(content_type, raw):
+    """The fields of a multipart/form-data body: {name: (filename or None, bytes)}."""
+    message = BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw
+    )
+    fields = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        fields[name] = (part.get_filename(), part.get_payload(decode=True) or b"")
+    return fields
+
+
+def _transcript_of(audio):
+    """What the fake "hears": the text after SAY: in the bytes, else a digest of them."""
+    if SAY_MARK in audio:
+        said = audio.split(SAY_MARK, 1)[1].split(b"\x00", 1)[0]
+        return said.decode("utf-8", "replace").strip()
+    return f"audio of {len(audio)} bytes {hashlib.sha256(audio).hexdigest()[:12]}"
 
 
 class H(BaseHTTPRequestHandler):
@@ -241,7 +320,11 @@ class H(BaseHTTPRequestHandler):
             return
         if self._key_failure():
             return
+        if self.path.endswith("/audio/transcriptions"):
+            return self._transcription(raw)
         body = json.loads(raw or b"{}")
+        if self.path.endswith("/audio/speech"):
+            return self._speech(body)
         if self.path.endswith("/chat/completions"):
             try:
                 return self._chat(body)
@@ -266,6 +349,59 @@ class H(BaseHTTPRequestHandler):
             )
         self._json(404, {"error": {"message": "not found", "type": "invalid_request_error"}})
 
+    def _transcription(self, raw):
+        """/v1/audio/transcriptions: multipart ``file`` + ``model`` (+ ``language``, ``response_format``)."""
+        fields = _multipart(self.headers.get("Content-Type", ""), raw)
+        model = (fields.get("model") or (None, b""))[1].decode() or "whisper-1"
+        with self.server.stats_lock:
+            self.server.stats["by_model"][model] += 1
+        if self._status_failure(self.headers.get("X-Fake-Mode") or model):
+            return
+        audio = (fields.get("file") or (None, b""))[1]
+        if not audio:
+            return self._error(400, "Missing file.")
+        text = _transcript_of(audio)
+        response_format = (fields.get("response_format") or (None, b"json"))[1].decode()
+        if response_format == "text":
+            data = text.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        if model.startswith("whisper"):
+            usage = {"type": "duration", "seconds": round(len(audio) / 16000, 2)}
+        else:
+            words = len(text.split())
+            tokens = max(1, len(audio) // 1600)
+            usage = {"type": "tokens", "input_tokens": tokens, "output_tokens": words}
+            usage["total_tokens"] = tokens + words
+        answer = {"text": text, "usage": usage}
+        language = (fields.get("language") or (None, b""))[1].decode()
+        if language:
+            answer["language"] = language
+        return self._json(200, answer)
+
+    def _speech(self, body):
+        """/v1/audio/speech: JSON ``{model, input, voice, response_format}`` → audio bytes."""
+        model = str(body.get("model") or "tts-1")
+        with self.server.stats_lock:
+            self.server.stats["by_model"][model] += 1
+        if self._status_failure(self.headers.get("X-Fake-Mode") or model):
+            return
+        text = str(body.get("input") or "")
+        fmt = str(body.get("response_format") or "mp3")
+        if not text or not body.get("voice") or fmt not in AUDIO_OUT:
+            return self._error(400, "input, voice and a known response_format are required.")
+        magic, content_type = AUDIO_OUT[fmt]
+        data = magic + b"SAY:" + text.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def _chat(self, body):
         model = str(body.get("model") or MODEL)
         mode = self.headers.get("X-Fake-Mode") or model
@@ -283,6 +419,8 @@ class H(BaseHTTPRequestHandler):
                 body, int(tools_mode.group(1)), int(tools_mode.group(2) or 1)
             )
             text = "" if tool_calls else f"done after {results} tools"
+        elif JSON_MODE.match(mode):
+            text = _json_reply_for(body)
         else:
             text = _reply_for(body.get("messages", []))
         completion_tokens = len(text.split()) + 5 * len(tool_calls or [])

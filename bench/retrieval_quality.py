@@ -1,0 +1,208 @@
+"""Retrieval quality of knowledge search on BEIR SciFact: nDCG@10 and recall@100 per mode.
+
+Run from the project root::
+
+    .venv/bin/python bench/retrieval_quality.py [--data /work/shared/data/scifact] [--backend local]
+        [--database-url postgres://…] [--limit-docs N] [--chunk-size 256]
+
+It boots Django with the production settings on a throwaway SQLite database in a temporary folder
+(or the database of ``--database-url`` / ``DATABASE_URL``; its rows are deleted at the end), makes
+an org and a knowledge base with the chosen embedding backend (``local``: the offline MiniLM
+model), and ingests the corpus through the real pipeline: ``document_create_text`` per abstract
+(title + text), then ``ingest_documents`` in batches (claim, parse, token chunking, full-text
+index, vectors), timed from the first create to the last ready document.
+
+Then it runs the 300 test queries through ``knowledge.search.run_search`` in keyword, vector and
+hybrid modes (chunks are mapped to their document: a document ranks where its best chunk ranks)
+and prints nDCG@10 and recall@100 for each, plus hybrid with a few fusion settings computed from
+the same two rankings (the default is the one in settings: ``KNOWLEDGE_RRF_*``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _setup(database_url: str | None) -> Path:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-retrieval-"))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
+    os.environ["VAR_DIR"] = str(workdir)
+    os.environ["CELERY_BROKER_URL"] = "memory://"  # ingestion runs here, not in a worker
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if database_url:
+        os.environ["DATABASE_URL"] = database_url
+    else:
+        os.environ.pop("DATABASE_URL", None)
+    os.environ.pop("REDIS_URL", None)
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    return workdir
+
+
+def _load(data: Path, limit_docs: int | None):
+    with open(data / "corpus.jsonl") as handle:
+        corpus = [json.loads(line) for line in handle]
+    queries = {}
+    with open(data / "queries.jsonl") as handle:
+        for line in handle:
+            row = json.loads(line)
+            queries[row["_id"]] = row["text"]
+    qrels: dict[str, dict[str, int]] = {}
+    with open(data / "qrels-test.tsv") as handle:
+        next(handle)
+        for line in handle:
+            query_id, doc_id, score = line.strip().split("\t")
+            qrels.setdefault(query_id, {})[doc_id] = int(score)
+    if limit_docs:  # a smaller corpus: every judged document, then the first others as distractors
+        judged = {doc for rels in qrels.values() for doc in rels}
+        others = [doc for doc in corpus if doc["_id"] not in judged]
+        corpus = [doc for doc in corpus if doc["_id"] in judged] + others[: max(0, limit_docs - len(judged))]
+    return corpus, {q: queries[q] for q in qrels}, qrels
+
+
+def ndcg_at(ranked: list[str], rels: dict[str, int], k: int = 10) -> float:
+    dcg = sum(rels.get(doc, 0) / math.log2(i + 2) for i, doc in enumerate(ranked[:k]))
+    ideal = sorted(rels.values(), reverse=True)[:k]
+    idcg = sum(rel / math.log2(i + 2) for i, rel in enumerate(ideal))
+    return dcg / idcg if idcg else 0.0
+
+
+def recall_at(ranked: list[str], rels: dict[str, int], k: int = 100) -> float:
+    relevant = {doc for doc, rel in rels.items() if rel > 0}
+    return len(relevant & set(ranked[:k])) / len(relevant) if relevant else 0.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="/work/shared/data/scifact")
+    parser.add_argument("--backend", default="local", choices=["local", "none"])
+    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
+    parser.add_argument(
+        "--limit-docs", type=int, default=None, help="smaller corpus: every judged document plus distractors"
+    )
+    parser.add_argument("--chunk-size", type=int, default=256)
+    parser.add_argument("--chunk-overlap", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=256, help="documents per ingest_documents call")
+    args = parser.parse_args()
+
+    workdir = _setup(args.database_url)
+    from django.conf import settings
+
+    from accounts.models import Organization
+    from knowledge import search as search_module
+    from knowledge.embeddings import local_available
+    from knowledge.models import Chunk
+    from knowledge.search import rrf, run_search
+    from knowledge.services.bases import kb_create
+    from knowledge.services.documents import document_create_text
+    from knowledge.services.ingest import ingest_documents
+
+    if args.backend == "local" and not local_available():
+        print("The local embedding backend is not installed (pip install -r requirements-local.txt).")
+        return 2
+    corpus, queries, qrels = _load(Path(args.data), args.limit_docs)
+    org = Organization.objects.create(name="bench-retrieval", slug=f"bench-retrieval-{os.getpid()}")
+    try:
+        kb = kb_create(
+            org=org, actor=None, name="SciFact", embedding_backend=args.backend,
+            chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap,
+        )  # fmt: skip
+        if args.backend == "local":  # load the model before the clock starts (a worker keeps it loaded)
+            from knowledge.embeddings import embed_texts
+
+            embed_texts(org=org, texts=["warm up"], backend="local", model=kb.embedding_model)
+        print(f"corpus: {len(corpus)} documents, {len(queries)} test queries; backend {args.backend}")
+        started = time.perf_counter()
+        statuses: dict[str | None, int] = {}
+        pending: list = []
+        for number, doc in enumerate(corpus, start=1):
+            created = document_create_text(
+                kb=kb, actor=None, title=doc.get("title") or doc["_id"],
+                text=f"{doc.get('title') or ''}\n\n{doc.get('text') or ''}".strip(),  # BEIR: title + text
+                metadata={"beir_id": doc["_id"]},
+            )  # fmt: skip
+            pending.append(created.document.pk)
+            if len(pending) >= args.batch or number == len(corpus):
+                for status in ingest_documents(pending).values():
+                    statuses[status] = statuses.get(status, 0) + 1
+                pending = []
+                rate = number / (time.perf_counter() - started)
+                print(f"  ingested {number}/{len(corpus)} ({rate:.1f} docs/s)", flush=True)
+        ingest_seconds = time.perf_counter() - started
+        chunks = Chunk.objects.filter(kb=kb).count()
+        print(f"ingestion: {ingest_seconds:.1f} s for {len(corpus)} documents, {chunks} chunks; {statuses}")
+
+        beir_of = {  # SQLite's JSON extraction turns "4983" into 4983
+            pk: str(beir_id)
+            for pk, beir_id in Chunk.objects.filter(kb=kb).values_list("pk", "document__metadata__beir_id")
+        }
+        search_module.MAX_TOP_K = 300  # enough chunks for 100 distinct documents
+
+        def documents(hits) -> list[str]:
+            seen: dict[str, None] = {}
+            for hit in hits:
+                seen.setdefault(beir_of[hit.chunk_id], None)
+            return list(seen)
+
+        modes = ["keyword"] + (["vector", "hybrid"] if args.backend != "none" else [])
+        rankings: dict[str, dict[str, list]] = {mode: {} for mode in modes}
+        timings: dict[str, float] = {mode: 0.0 for mode in modes}
+        for query_id, text in queries.items():
+            for mode in modes:
+                began = time.perf_counter()
+                result = run_search(kb=kb, query=text, top_k=300, mode=mode)
+                timings[mode] += time.perf_counter() - began
+                rankings[mode][query_id] = result.hits
+        print(f"\n{'mode':<28} {'nDCG@10':>8} {'recall@100':>11} {'ms/query':>9}")
+        for mode in modes:
+            ranked = {q: documents(hits) for q, hits in rankings[mode].items()}
+            ndcg = sum(ndcg_at(ranked[q], qrels[q]) for q in queries) / len(queries)
+            recall = sum(recall_at(ranked[q], qrels[q]) for q in queries) / len(queries)
+            label = mode if mode != "hybrid" else (
+                f"hybrid (k={settings.KNOWLEDGE_RRF_K}, w={settings.KNOWLEDGE_RRF_KEYWORD_WEIGHT:g}:"
+                f"{settings.KNOWLEDGE_RRF_VECTOR_WEIGHT:g})"
+            )  # fmt: skip
+            per_query = 1000 * timings[mode] / len(queries)
+            print(f"{label:<28} {ndcg:>8.3f} {recall:>11.3f} {per_query:>9.1f}")
+        if "hybrid" in modes:
+            print("\nfusion settings (same keyword and vector rankings, fused offline):")
+            for k, w_keyword, w_vector in [(60, 1, 1), (20, 1, 1), (60, 1.5, 1), (60, 1, 1.5), (10, 1, 1)]:
+                fused_ranked = {}
+                for q in queries:
+                    keyword = [(h.chunk_id, h.score) for h in rankings["keyword"][q]]
+                    vector = [(h.chunk_id, h.score) for h in rankings["vector"][q]]
+                    fused = rrf([(keyword, w_keyword), (vector, w_vector)], k=k)
+                    seen: dict[str, None] = {}
+                    for chunk_id, _, _ in fused:
+                        seen.setdefault(beir_of[chunk_id], None)
+                    fused_ranked[q] = list(seen)
+                ndcg = sum(ndcg_at(fused_ranked[q], qrels[q]) for q in queries) / len(queries)
+                recall = sum(recall_at(fused_ranked[q], qrels[q]) for q in queries) / len(queries)
+                print(
+                    f"  rrf k={k:<3} w={w_keyword:g}:{w_vector:g}  nDCG@10 {ndcg:.3f}  "
+                    f"recall@100 {recall:.3f}"
+                )
+    finally:
+        org.delete()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Reads of `billing`; every function takes ``org=`` (or an org id)."""

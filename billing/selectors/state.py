@@ -1,0 +1,114 @@
+"""What the LLM guard needs to know about an org on every call, cached briefly per org.
+
+The guard runs before every LLM call, so it must answer "nothing to enforce" without a query for
+the common org that has no spend cap and no credit plan. The state (enabled policies, whether LLM
+calls are paid from credits, the org's price overrides) is cached for ``USAGE_CAP_CACHE_SECONDS``
+and dropped by every service that changes one of its inputs (:func:`invalidate_org_state`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+
+from billing.catalogue import Price, catalogue_price, plan_get
+
+_KEY = "billing:org-state:v1:{}"
+
+
+@dataclass(frozen=True)
+class PolicyView:
+    """The fields of an enabled cap policy that enforcement reads."""
+
+    id: str
+    name: str
+    window: str
+    max_tokens: int | None
+    max_cost_micros: int | None
+    scope: str
+    scope_value: str
+    priority: int
+
+
+@dataclass(frozen=True)
+class OrgState:
+    policies: tuple[PolicyView, ...] = ()
+    credit_billing: bool = False
+    plan: str = ""
+    overrides: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def enforces(self) -> bool:
+        return bool(self.policies) or self.credit_billing
+
+
+def _load(org_id: str) -> OrgState:
+    from billing.catalogue import default_plan_key
+    from billing.models import PriceOverride, Subscription, UsageCapPolicy
+
+    policies = tuple(
+        PolicyView(
+            id=str(p.id),
+            name=p.name,
+            window=p.window,
+            max_tokens=p.max_tokens,
+            max_cost_micros=p.max_cost_micros,
+            scope=p.scope,
+            scope_value=p.scope_value,
+            priority=p.priority,
+        )
+        for p in UsageCapPolicy.objects.filter(org_id=org_id, enabled=True).order_by("-priority", "id")
+    )
+    plan_key = Subscription.objects.filter(org_id=org_id).values_list("plan", flat=True).first()
+    plan = plan_get(plan_key or "") or plan_get(default_plan_key()) or {}
+    overrides = {
+        (o.model, o.provider_type): (str(o.input_per_million), str(o.output_per_million))
+        for o in PriceOverride.objects.filter(org_id=org_id)
+    }
+    return OrgState(
+        policies=policies,
+        credit_billing=bool(plan.get("credit_billing")),
+        plan=plan.get("key", ""),
+        overrides=overrides,
+    )
+
+
+def org_state(org_id: Any) -> OrgState:
+    """The org's enforcement state, from the cache when fresh."""
+    key = _KEY.format(org_id)
+    state = cache.get(key)
+    if state is None:
+        state = _load(str(org_id))
+        cache.set(key, state, int(getattr(settings, "USAGE_CAP_CACHE_SECONDS", 30)))
+    return state
+
+
+def invalidate_org_state(org_id: Any) -> None:
+    """Forget the cached state (call after changing policies, overrides or the subscription)."""
+    cache.delete(_KEY.format(org_id))
+
+
+def price_for(
+    *, org_id: Any, model: str, provider_type: str = "", state: OrgState | None = None
+) -> Price | None:
+    """The price the org pays for ``model``: its override for this provider type, its override for
+    any provider, then the shipped catalogue; None when nothing is known."""
+    overrides = (state or org_state(org_id)).overrides
+    for key in ((model, provider_type), (model, "")):
+        if key in overrides:
+            raw_in, raw_out = overrides[key]
+            return Price(input=Decimal(raw_in), output=Decimal(raw_out), source="override", model=model)
+    return catalogue_price(model)
+
+
+def cost_estimate_micros(
+    *, org_id: Any, model: str, provider_type: str = "", prompt_tokens: int, completion_tokens: int
+) -> int | None:
+    """What these tokens cost the org, for displays such as a chat turn's ``usage`` event (the
+    usage record stays the billed figure); None when the model has no known price."""
+    price = price_for(org_id=org_id, model=model, provider_type=provider_type)
+    return None if price is None else price.cost_micros(prompt_tokens, completion_tokens)

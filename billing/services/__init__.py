@@ -1,0 +1,1 @@
+"""Writes of `billing`: usage metering, caps, credits, plans and payments."""

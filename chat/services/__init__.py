@@ -1,0 +1,1 @@
+"""Writes of `chat`: conversations, messages, feedback and the streaming turn."""

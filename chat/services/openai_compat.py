@@ -1,0 +1,356 @@
+"""Runs behind the OpenAI-compatible surface (``/v1/chat/completions``, ``/v1/responses``).
+
+A request's ``model`` is either ``agent:<key>`` (the agent runs: its system prompt, tools and the
+agent runtime, with the request's messages as the conversation) or a provider model name, which
+goes straight through the LLM choke point with the request's own tools and sampling fields.
+
+Who may name a provider model (a "raw" call): callers with at least the MEMBER role, through a
+personal or service key, while ``OPENAI_RAW_MODELS`` is on (the default). Agent keys may only call
+their own agent. The call still goes through the org's providers (BYOK order, failover, guards,
+usage events), so a raw call spends exactly what the same call of an agent would.
+
+Both endpoints consume one stream of events, ``("delta", text)``, ``("tool_call", {id, name,
+arguments})`` (raw calls) and finally ``("done", Outcome)``; an :class:`ApplicationError` is raised
+for a failure. A streamed run is produced by its own task, started in a context that names the
+``openai`` channel and the request, so that the choke point's usage event says where the call came
+from even though the response body is sent after the request's middleware has returned. Closing the
+stream (the client went away) cancels that task, which closes the upstream call at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django import db
+from django.conf import settings
+
+from accounts.models import ApiKey, Role
+from agents.models import Agent
+from agents.selectors.agents import AgentViewer
+from chat.selectors.models import AGENT_PREFIX, openai_agent_get
+from core import context
+from core.errors import PermissionDeniedError, ValidationError
+
+CHANNEL = "openai"
+PURPOSE = "openai"
+NOBODY = uuid.UUID(int=0)
+HISTORY_FIELDS = ("role", "content", "tool_calls", "tool_call_id", "name")
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+
+Event = tuple[str, Any]
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the request's ``model`` names: an agent, or a provider model (``agent`` is None)."""
+
+    org: Any
+    user: Any
+    label: str  # the model as the client named it, echoed in every answer
+    agent: Agent | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The end of a run: the answer and what it cost."""
+
+    content: str
+    tool_calls: list[dict]
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class RawModelNotAllowed(PermissionDeniedError):
+    code = "ERR_RAW_MODEL_NOT_ALLOWED"
+
+
+def raw_models_allowed() -> bool:
+    return bool(getattr(settings, "OPENAI_RAW_MODELS", True))
+
+
+def target_resolve(*, org, user, role: str | None, api_key: ApiKey | None, model: str) -> Target:
+    """The agent or provider model a request names (reads the database; see the module doc)."""
+    bound = None
+    if api_key is not None and api_key.kind == ApiKey.Kind.AGENT:
+        bound = api_key.agent_id or NOBODY  # an agent key bound to no agent calls nothing
+    if model.startswith(AGENT_PREFIX) or bound is not None:
+        viewer = AgentViewer(user=user, role=role, bound_agent_id=bound)
+        if bound is not None and not model.startswith(AGENT_PREFIX):
+            raise RawModelNotAllowed("An agent key may only call its own agent (model 'agent:<key>').")
+        agent = openai_agent_get(org=org, viewer=viewer, model=model)
+        return Target(org=org, user=user, label=model, agent=agent)
+    if not raw_models_allowed():
+        raise RawModelNotAllowed(
+            "Calls to provider models are turned off on this platform; use model 'agent:<key>'."
+        )
+    if Role.rank(role) < Role.rank(Role.MEMBER):
+        raise RawModelNotAllowed(f"Calling a provider model needs the MEMBER role; you have {role}.")
+    return Target(org=org, user=user, label=model, model=model)
+
+
+def providers_warm(target: Target) -> None:
+    """Read the org's providers into the choke point's resolution cache now, from the view, so
+    that hundreds of streams starting at once do not each take a database connection for it
+    inside their stream (where an org without providers also fails as early as possible)."""
+    from agents.llm import resolve_providers
+
+    resolve_providers(org=target.org, user=target.user, agent=target.agent, model=target.model)
+
+
+def _text_of(content: Any) -> str:
+    """The text of a message's content: a string, or the text parts of a list of parts."""
+    if isinstance(content, list):
+        return "".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, dict) and part.get("type") in ("text", "input_text", "output_text")
+        )
+    return "" if content is None else str(content)
+
+
+def validate_messages(messages: Any) -> list[dict]:
+    """Check the shape of ``messages`` (400 naming ``messages`` otherwise); returns them."""
+
+    def bad(reason: str) -> ValidationError:
+        return ValidationError(f"messages: {reason}", details={"fields": {"messages": [reason]}})
+
+    if not isinstance(messages, list) or not messages:
+        raise bad("a non-empty list of messages is required.")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise bad(f"item {index} is not an object.")
+        if message.get("role") not in ROLES:
+            raise bad(f"item {index} has role {message.get('role')!r}; expected one of {sorted(ROLES)}.")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise bad(f"item {index}: content must be a string or a list of parts.")
+        if content is None and not message.get("tool_calls") and message["role"] != "assistant":
+            raise bad(f"item {index}: content is required.")
+    return messages
+
+
+def agent_turn(messages: list[dict]) -> tuple[list[dict], str]:
+    """(history, message) of an agent call: the last message is the turn and must be the user's;
+    the earlier ones are the conversation so far (system messages included, after the agent's own
+    system prompt)."""
+    last = messages[-1]
+    if last.get("role") != "user":
+        reason = "the last message of a call to an agent must be a user message."
+        raise ValidationError(f"messages: {reason}", details={"fields": {"messages": [reason]}})
+    history = []
+    for message in messages[:-1]:
+        entry = {k: v for k, v in message.items() if k in HISTORY_FIELDS}
+        if entry["role"] == "developer":
+            entry["role"] = "system"
+        if isinstance(entry.get("content"), list):
+            entry["content"] = _text_of(entry["content"])
+        history.append(entry)
+    return history, _text_of(last.get("content"))
+
+
+# --- running -----------------------------------------------------------------------------------
+
+
+async def _agent_events(target: Target, messages: list[dict], *, stream: bool) -> AsyncIterator[Event]:
+    from agents.runtime.loop import arun_agent
+
+    history, message = agent_turn(messages)
+    if not stream:
+        run = await arun_agent(
+            agent=target.agent, message=message, history=history, user=target.user, trigger="openai"
+        )
+        yield "done", _agent_outcome(run)
+        return
+    queue: asyncio.Queue[Event] = asyncio.Queue()
+
+    async def on_event(event: dict) -> None:
+        if event.get("type") == "delta":
+            if event.get("text"):
+                queue.put_nowait(("delta", event["text"]))
+        else:  # a step ended: the run is about to touch the database again
+            queue.put_nowait(("step", None))
+
+    run_task = asyncio.ensure_future(
+        arun_agent(
+            agent=target.agent,
+            message=message,
+            history=history,
+            user=target.user,
+            trigger="openai",
+            stream=True,
+            on_event=on_event,
+        )
+    )
+    run_task.add_done_callback(lambda _task: queue.put_nowait(("end", None)))
+    try:
+        while True:
+            kind, value = await queue.get()
+            if kind == "end":
+                break
+            yield kind, value
+        yield "done", _agent_outcome(run_task.result())
+    finally:
+        if not run_task.done():
+            run_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await run_task
+
+
+def _agent_outcome(run) -> Outcome:
+    return Outcome(
+        content=run.output or "",
+        tool_calls=[],
+        finish_reason="length" if run.finish_reason == "max_tool_iterations" else "stop",
+        prompt_tokens=int(run.prompt_tokens or 0),
+        completion_tokens=int(run.completion_tokens or 0),
+    )
+
+
+async def _raw_events(
+    target: Target, messages: list[dict], *, stream: bool, options: dict[str, Any]
+) -> AsyncIterator[Event]:
+    from agents.llm import achat, astream
+
+    request = {
+        "org": target.org,
+        "messages": messages,
+        "user": target.user,
+        "model": target.model,
+        "tools": options.get("tools") or None,
+        "temperature": options.get("temperature"),
+        "max_tokens": options.get("max_tokens"),
+        "purpose": PURPOSE,
+        "extra": options.get("extra") or None,
+    }
+    if not stream:
+        yield "done", _raw_outcome(await achat(**request))
+        return
+    # Iterate to the end even after ``done``: the choke point settles usage on the next pull.
+    async with contextlib.aclosing(astream(**request)) as chunks:
+        async for chunk in chunks:
+            if chunk.type == "delta" and chunk.text:
+                yield "delta", chunk.text
+            elif chunk.type == "tool_call" and chunk.tool_call is not None:
+                yield "tool_call", chunk.tool_call
+            elif chunk.type == "done" and chunk.result is not None:
+                yield "done", _raw_outcome(chunk.result)
+
+
+def _raw_outcome(result) -> Outcome:
+    return Outcome(
+        content=result.content or "",
+        tool_calls=list(result.tool_calls or []),
+        finish_reason=result.finish_reason or ("tool_calls" if result.tool_calls else "stop"),
+        prompt_tokens=int(result.prompt_tokens or 0),
+        completion_tokens=int(result.completion_tokens or 0),
+    )
+
+
+def run_events(
+    target: Target, messages: list[dict], *, stream: bool, options: dict[str, Any] | None = None
+) -> AsyncIterator[Event]:
+    """The events of one run of ``target`` (see the module doc)."""
+    if target.agent is not None:
+        return _agent_events(target, messages, stream=stream)
+    return _raw_events(target, messages, stream=stream, options=options or {})
+
+
+async def arun(target: Target, messages: list[dict], *, options: dict[str, Any] | None = None) -> Outcome:
+    """A whole (non-streamed) run."""
+    async with contextlib.aclosing(run_events(target, messages, stream=False, options=options)) as events:
+        async for kind, value in events:
+            if kind == "done":
+                return value
+    raise RuntimeError("the run ended without an outcome")  # pragma: no cover
+
+
+def run_sync(target: Target, messages: list[dict], *, options: dict[str, Any] | None = None) -> Outcome:
+    """:func:`arun` for sync views: on the server's loop under ASGI (whose LLM clients stay open),
+    on a loop of its own elsewhere (tests), whose clients are closed before it ends."""
+    from asgiref.sync import async_to_sync
+
+    from agents.llm import aclose_clients, on_short_lived_loop
+
+    async def run() -> Outcome:
+        try:
+            return await arun(target, messages, options=options)
+        finally:
+            if on_short_lived_loop():
+                await aclose_clients()
+
+    return async_to_sync(run)()
+
+
+async def release_connection() -> None:
+    """Give this request's database connection back while its stream runs.
+
+    Under ASGI a request's sync work runs in a thread of its own, and the connection that thread
+    opened (provider resolution, guards, the run row) would otherwise stay checked out of the pool
+    until the stream ends: a few hundred open streams would hold every pooled connection and the
+    next request would time out waiting for one. Called once text flows (after the work that needed
+    the database); the next database hop simply takes a connection again. Not on a loop of a sync
+    caller (tests, WSGI), whose connection belongs to that caller.
+    """
+    from agents.llm import on_short_lived_loop
+
+    if not on_short_lived_loop():
+        await sync_to_async(db.close_old_connections)()
+
+
+async def stream_events(
+    target: Target,
+    messages: list[dict],
+    *,
+    options: dict[str, Any] | None = None,
+    request_id: str | None = None,
+    api_key_id: Any = None,
+) -> AsyncIterator[Event]:
+    """The events of a streamed run, produced by a task of their own (see the module doc); an
+    error reaches the consumer as the ApplicationError it was. Closing this generator early
+    cancels the run and with it the upstream call."""
+    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    async def produce() -> None:
+        used_database = True  # the run starts with database reads (providers, guards, the run row)
+        try:
+            events = run_events(target, messages, stream=True, options=options)
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    if event[0] == "step":
+                        used_database = True
+                        continue
+                    queue.put_nowait(event)
+                    if used_database and event[0] == "delta":
+                        used_database = False
+                        await release_connection()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            queue.put_nowait(("error", exc))
+        finally:
+            queue.put_nowait(("end", None))
+
+    with context.channel_scope(CHANNEL, request_id=request_id):
+        context.note_api_key(api_key_id)
+        producer = asyncio.ensure_future(produce())  # the task keeps a copy of this context
+    try:
+        while True:
+            kind, value = await queue.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield kind, value
+    finally:
+        if not producer.done():
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await producer

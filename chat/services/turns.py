@@ -1,0 +1,1019 @@
+"""The streaming turn: one user message, one assistant answer streamed as events.
+
+``astart_turn`` persists the user message and an assistant message (status ``streaming``) with the
+turn's first event (``message.start``, seq 1), then starts the agent run **detached from the
+request**: an asyncio task on the server's own loop (or, where there is no long-lived loop, a Celery
+task or a test, on a background loop of the process), not tied to any response. Every event of the
+run gets the next per-message ``seq`` and is published at once on the turn's channel-layer group.
+One log writer per loop (``_Hub``) appends the events of all its running turns to the
+``MessageEvent`` log in one transaction every ``FLUSH_SECONDS``, with the messages' text, parts and
+citations every ``PROGRESS_SECONDS``; a turn's outcome (status, tokens, run) is written in the same
+transaction as its last events, so that "not streaming" always means "the log is complete".
+
+Followers (``aturn_events``; the SSE endpoints and the WebSocket consumer are followers) subscribe
+to the group first, then read the log after their ``after_seq``, and merge both by seq: no gap, no
+repeat. A live event whose seq jumps ahead means events not yet flushed (or a push the layer
+dropped): the follower re-reads the log until the gap closes. A finished turn replays and ends.
+
+Cancel (``acancel_turn``, from any process) marks ``cancel_requested_at`` and signals the turn: in
+its own process directly, elsewhere through the processes' control group; each process also reads
+the flags of all its running turns in one query every ``CANCEL_POLL_SECONDS`` (the in-memory layer
+does not cross processes). The run's task is cancelled, which closes the upstream stream at once;
+the partial text is kept with status ``cancelled`` and the usage so far is recorded.
+
+Events: ``message.start {conversation_id, message_id}``, ``message.delta {text}``,
+``tool.call {id, name, arguments}``, ``tool.result {id, output | error}``,
+``citation {document_id, chunk_id, score}``, ``usage {prompt_tokens, completion_tokens, cost_usd}``,
+``message.end {finish_reason}``, ``error {code, message}``; the last is always ``message.end`` or
+``error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from channels.db import database_sync_to_async
+from django.db import connections, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from accounts.models import Membership
+from agents.models import Agent
+from agents.registries import estimate_cost_micros
+from agents.selectors.agents import AgentViewer, agent_get, agent_list
+from chat.models import Conversation, Message, MessageEvent
+from chat.models.conversations import Channel
+from chat.selectors.conversations import conversation_get, conversation_llm_history
+from chat.selectors.messages import turn_log_read, turn_message_get
+from chat.services.conversations import MAX_CONTENT_CHARS, clean_title
+from core import context as request_context
+from core import realtime
+from core.errors import ApplicationError, ConflictError, NotFoundError, ValidationError
+
+logger = logging.getLogger(__name__)
+
+TERMINAL_EVENTS = frozenset({"message.end", "error"})
+ON_DISCONNECT = ("continue", "cancel")
+FLUSH_SECONDS = 0.075
+PROGRESS_SECONDS = 1.0
+FINAL_WRITE_TIMEOUT = 30.0
+CANCEL_POLL_SECONDS = 0.25
+GAP_RETRY_SECONDS = 0.05
+TITLE_FROM_MESSAGE_CHARS = 60
+
+# Database work of detached turns and followers: any pool thread (they outlive the request, so
+# they must not use its thread-sensitive executor).
+_db_read_log = database_sync_to_async(turn_log_read, thread_sensitive=False)
+
+
+@dataclass
+class TurnStarted:
+    """What ``astart_turn`` created: the conversation, the user message and the assistant message
+    (whose id names the turn for ``/stream``, ``/cancel`` and ``aturn_events``)."""
+
+    conversation_id: uuid.UUID
+    user_message_id: uuid.UUID
+    message_id: uuid.UUID
+    conversation_created: bool = False
+
+
+@dataclass
+class TurnEvent:
+    """One event of a turn: its sequence number, name and JSON payload."""
+
+    seq: int
+    event: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "event": self.event, "data": self.data}
+
+
+def turn_group(message_id: Any) -> str:
+    """Channel-layer group of a turn's events."""
+    return f"chat.turn.{uuid.UUID(str(message_id)).hex}"
+
+
+# --- starting a turn ---------------------------------------------------------------------------
+
+
+def resolve_agent(*, org, user, agent: Any, viewer: AgentViewer | None = None) -> Agent:
+    """The agent a turn names (an Agent, its id or its key) if the caller may see it, else 404."""
+    if isinstance(agent, Agent):
+        if agent.org_id != org.pk:
+            raise NotFoundError("Agent not found.")
+        return agent
+    if viewer is None:
+        role = Membership.objects.filter(org=org, user=user).values_list("role", flat=True).first()
+        viewer = AgentViewer(user=user, role=role)
+    ref = str(agent or "").strip()
+    if not ref:
+        raise ValidationError("agent is required (an agent id or key).", details={"agent": ["Required."]})
+    try:
+        return agent_get(org=org, viewer=viewer, agent_id=uuid.UUID(ref))
+    except ValueError:
+        found = agent_list(org=org, viewer=viewer).filter(key=ref).first()
+        if found is None:
+            raise NotFoundError("Agent not found.") from None
+        return found
+
+
+def _clean_message(message: Any) -> str:
+    if not isinstance(message, str) or not message.strip():
+        raise ValidationError("message is required.", details={"message": ["Required, non-empty text."]})
+    if len(message) > MAX_CONTENT_CHARS:
+        raise ValidationError(
+            "The message is too long.", details={"message": [f"At most {MAX_CONTENT_CHARS}."]}
+        )
+    return message
+
+
+@transaction.atomic
+def turn_prepare(
+    *, org, user, agent: Any, message: str, conversation_id: Any, channel: str, on_disconnect: str
+) -> tuple[TurnStarted, Agent, list[dict[str, Any]]]:
+    """Validate, then write the user message, the streaming assistant message and ``message.start``;
+    returns the turn, the agent and the LLM history before the user message."""
+    message = _clean_message(message)
+    if on_disconnect not in ON_DISCONNECT:
+        raise ValidationError(
+            "on_disconnect must be continue or cancel.", details={"on_disconnect": ["continue | cancel"]}
+        )
+    if channel not in Channel.values:
+        raise ValidationError(f"Unknown channel {channel!r}.")
+    agent = resolve_agent(org=org, user=user, agent=agent)
+    created = False
+    if conversation_id:
+        try:
+            conversation_uuid = uuid.UUID(str(conversation_id))
+        except ValueError:
+            raise ValidationError(
+                "conversation_id is not a valid id.", details={"conversation_id": ["Not a UUID."]}
+            ) from None
+        conversation_get(org=org, user=user, conversation_id=conversation_uuid)  # 404 first
+        conversation = Conversation.objects.select_for_update().get(pk=conversation_uuid)
+    else:
+        from accounts.services.audit import audit_record
+
+        conversation = Conversation.objects.create(
+            org=org,
+            user=user,
+            agent=agent,
+            title=clean_title(message[:TITLE_FROM_MESSAGE_CHARS]),
+            channel=channel,
+        )
+        audit_record(
+            org=org, actor=user, action="conversation.created", entity=conversation, after={"agent": agent.pk}
+        )
+        created = True
+    last = (
+        Message.objects.filter(conversation=conversation)
+        .order_by("-index")
+        .values_list("index", flat=True)
+        .first()
+    )
+    index = 0 if last is None else last + 1
+    user_message = Message.objects.create(
+        org=org,
+        conversation=conversation,
+        index=index,
+        role=Message.Role.USER,
+        content=message,
+        parts=[{"type": "text", "text": message}],
+    )
+    assistant = Message.objects.create(
+        org=org,
+        conversation=conversation,
+        index=index + 1,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.STREAMING,
+        model=(agent.model or "")[:200],
+        reply_to=user_message,
+        on_disconnect=on_disconnect,
+        last_seq=1,
+    )
+    MessageEvent.objects.create(
+        message=assistant,
+        seq=1,
+        event="message.start",
+        data={"conversation_id": str(conversation.pk), "message_id": str(assistant.pk)},
+    )
+    now = timezone.now()
+    changes: dict[str, Any] = {
+        "message_count": F("message_count") + 2,
+        "last_message_at": now,
+        "updated_at": now,
+    }
+    if conversation.agent_id is None:
+        changes["agent"] = agent
+    Conversation.objects.filter(pk=conversation.pk).update(**changes)
+    history = conversation_llm_history(conversation_id=conversation.pk, before_index=index)
+    started = TurnStarted(
+        conversation_id=conversation.pk,
+        user_message_id=user_message.pk,
+        message_id=assistant.pk,
+        conversation_created=created,
+    )
+    return started, agent, history
+
+
+async def astart_turn(
+    *,
+    org,
+    user,
+    agent: Any,
+    message: str,
+    conversation_id: Any = None,
+    channel: str,
+    on_disconnect: str = "continue",
+) -> TurnStarted:
+    """Start a turn (see the module doc); ApplicationErrors for bad input are raised before anything
+    is written or started. ``agent`` is an Agent, an agent id or an agent key the user may see."""
+    # On the caller's thread (the request's, or the consumer's): its connection, its transaction.
+    started, agent_row, history = await sync_to_async(turn_prepare)(
+        org=org,
+        user=user,
+        agent=agent,
+        message=message,
+        conversation_id=conversation_id,
+        channel=channel,
+        on_disconnect=on_disconnect,
+    )
+    ctx = request_context.current()
+    turn = _Turn(
+        started=started,
+        org=org,
+        user=user,
+        agent=agent_row,
+        message=message,
+        history=history,
+        channel=channel,
+        request_id=ctx.request_id if ctx.request_id != "-" else None,
+        api_key_id=ctx.api_key_id,
+    )
+    _spawn(turn)
+    return started
+
+
+# --- the detached run --------------------------------------------------------------------------
+
+_running: dict[str, _Turn] = {}
+_hubs: dict[asyncio.AbstractEventLoop, _Hub] = {}
+_background: asyncio.AbstractEventLoop | None = None
+_background_lock = threading.Lock()
+
+
+def _background_loop() -> asyncio.AbstractEventLoop:
+    """A long-lived loop of this process for turns started where no server loop runs."""
+    global _background
+    with _background_lock:
+        if _background is None or _background.is_closed():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="chat-turns", daemon=True).start()
+            _background = loop
+        return _background
+
+
+def _start_on(loop: asyncio.AbstractEventLoop, turn: _Turn) -> None:
+    """On ``loop``: register the turn with the loop's hub and start it in a fresh context (it must
+    not inherit the request's thread-sensitive executor, which ends with the request)."""
+    hub = _hubs.get(loop)
+    if hub is None:
+        hub = _hubs[loop] = _Hub(loop)
+    turn.hub = hub
+    hub.add(turn)
+    turn.task = loop.create_task(turn.run(), context=contextvars.Context())
+
+
+def _spawn(turn: _Turn) -> None:
+    """Run ``turn`` on the server's loop, or where there is none (a test, a Celery task) on the
+    process's background loop."""
+    from agents.llm import on_short_lived_loop
+
+    try:
+        loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    _running[str(turn.message_id)] = turn
+    if loop is not None and not on_short_lived_loop():
+        turn.loop = loop
+        _start_on(loop, turn)
+        return
+    background = _background_loop()
+    turn.loop = background
+    background.call_soon_threadsafe(_start_on, background, turn, context=contextvars.Context())
+
+
+def _parse_arguments(raw: Any) -> Any:
+    if isinstance(raw, str):
+        try:
+            return json.loads(raw) if raw.strip() else {}
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def _citations_of(result: Any) -> list[dict[str, Any]]:
+    """Citations a tool result carries (``{"citations": [{document_id, chunk_id, score}, …]}``)."""
+    if not isinstance(result, dict) or not isinstance(result.get("citations"), list):
+        return []
+    citations = []
+    for item in result["citations"]:
+        if not isinstance(item, dict):
+            continue
+        score = item.get("score")
+        try:
+            score = float(score) if score is not None else None
+        except (TypeError, ValueError):
+            score = None
+        citations.append(
+            {
+                "document_id": str(item["document_id"]) if item.get("document_id") is not None else None,
+                "chunk_id": str(item["chunk_id"]) if item.get("chunk_id") is not None else None,
+                "score": score,
+            }
+        )
+    return citations
+
+
+def turn_log_write(
+    *, events: list[tuple[Any, int, str, dict]], updates: list[tuple[Any, dict[str, Any]]]
+) -> set[str]:
+    """One batch of the log writer, in one transaction: the events of every running turn of the
+    process, and the progress (or the outcome) of some of their messages. Returns the ids of the
+    messages that are gone (their conversation was deleted); their events are dropped."""
+    ids = {str(message_id) for message_id, *_rest in events} | {str(message_id) for message_id, _ in updates}
+    with transaction.atomic():
+        alive = {str(pk) for pk in Message.objects.filter(pk__in=ids).values_list("pk", flat=True)}
+        now = timezone.now()
+        for message_id, fields in updates:
+            if str(message_id) not in alive:
+                continue
+            Message.objects.filter(pk=message_id).update(**fields, updated_at=now)
+            if fields.get("status", Message.Status.STREAMING) != Message.Status.STREAMING:
+                Conversation.objects.filter(messages__pk=message_id).update(
+                    updated_at=now, last_message_at=now
+                )
+        MessageEvent.objects.bulk_create(
+            [
+                MessageEvent(message_id=message_id, seq=seq, event=name, data=data)
+                for message_id, seq, name, data in events
+                if str(message_id) in alive
+            ]
+        )
+    return ids - alive
+
+
+def turn_cancel_flags(*, message_ids: list[Any]) -> set[str]:
+    """Which of these running turns were asked to stop (or are gone)."""
+    rows = dict(
+        Message.objects.filter(pk__in=message_ids).values_list("pk", "cancel_requested_at").iterator()
+    )
+    return {str(pk) for pk in message_ids if pk not in rows or rows[pk] is not None}
+
+
+def _run_row(run_id: Any):
+    from agents.models import AgentRun
+
+    return AgentRun.objects.filter(pk=run_id).first() if run_id else None
+
+
+_db_write = database_sync_to_async(turn_log_write, thread_sensitive=False)
+_db_cancel_flags = database_sync_to_async(turn_cancel_flags, thread_sensitive=False)
+_db_run_row = database_sync_to_async(_run_row, thread_sensitive=False)
+_db_cost_micros = database_sync_to_async(estimate_cost_micros, thread_sensitive=False)
+MICROS_PER_USD = Decimal(1_000_000)
+CONTROL_GROUP = "chat.turns.control"
+TURN_DB_THREADS = 4
+PUSH_CONCURRENCY = 16
+FOLLOW_ANNOUNCE_SECONDS = 1.0
+
+
+class _ClosingExecutor(ThreadPoolExecutor):
+    """Threads for the turns' database calls that give their connection back after each call, so
+    that a turn streaming for a minute holds no connection (of a pool of ten) meanwhile."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        def call():
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                connections.close_all()
+
+        return super().submit(call)
+
+
+_executor: _ClosingExecutor | None = None
+
+
+def _turn_executor() -> _ClosingExecutor:
+    global _executor
+    if _executor is None:
+        _executor = _ClosingExecutor(max_workers=TURN_DB_THREADS, thread_name_prefix="chat-turn-db")
+    return _executor
+
+
+class _Hub:
+    """Per event loop: the turns running on it, one log writer and one cancel watcher for all of
+    them (a write and a flag query per interval for the whole process, not per turn)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.turns: dict[str, _Turn] = {}
+        self.wake = asyncio.Event()
+        self.busy = asyncio.Event()
+        self.writer = loop.create_task(self._write_forever(), context=contextvars.Context())
+        self.watcher: asyncio.Task | None = None
+        self.failures = 0
+
+    def add(self, turn: _Turn) -> None:
+        self.turns[str(turn.message_id)] = turn
+        self.busy.set()
+        if self.watcher is None or self.watcher.done():
+            # Listens only while turns run: an idle loop holds no subscription.
+            self.watcher = self.loop.create_task(self._watch(), context=contextvars.Context())
+
+    async def _write_forever(self) -> None:
+        while True:
+            if not self.turns:
+                self.busy.clear()
+                await self.busy.wait()
+            try:
+                await asyncio.wait_for(self.wake.wait(), FLUSH_SECONDS)
+            except TimeoutError:
+                pass
+            self.wake.clear()
+            try:
+                await self.write_once(isolate=self.failures >= 2)
+                self.failures = 0
+            except Exception:  # the next round retries; a turn never dies of a failed write
+                self.failures += 1
+                logger.exception("chat turns: writing the event log failed")
+                await asyncio.sleep(FLUSH_SECONDS)
+
+    async def write_once(self, *, isolate: bool = False) -> None:
+        """One batch for all turns; with ``isolate`` (after failed batches) one per turn, and a
+        turn whose own batch still fails loses those events rather than blocking every turn."""
+        if isolate:
+            for turn in list(self.turns.values()):
+                try:
+                    await self._write(self.turns, only=turn)
+                except Exception:
+                    logger.exception(
+                        "chat turn %s: its events could not be written; dropped", turn.message_id
+                    )
+                    turn.pending = []
+                    if turn.final is not None:
+                        self.turns.pop(str(turn.message_id), None)
+                        if not turn.written.done():
+                            turn.written.set_result(None)
+            return
+        await self._write(self.turns)
+
+    async def _write(self, turns: dict[str, _Turn], only: _Turn | None = None) -> None:
+        now = self.loop.time()
+        events: list[tuple[Any, int, str, dict]] = []
+        updates: list[tuple[Any, dict[str, Any]]] = []
+        taken: list[tuple[_Turn, list[tuple[int, str, dict]]]] = []
+        finals: list[_Turn] = []
+        for turn in [only] if only is not None else list(turns.values()):
+            pending, turn.pending = turn.pending, []
+            taken.append((turn, pending))
+            events.extend((turn.message_id, seq, name, data) for seq, name, data in pending)
+            if turn.final is not None:
+                updates.append((turn.message_id, {**turn.state(), **turn.final, "last_seq": turn.seq}))
+                finals.append(turn)
+            elif pending and now - turn.progress_at >= PROGRESS_SECONDS:
+                updates.append((turn.message_id, {**turn.state(), "last_seq": pending[-1][0]}))
+                turn.progress_at = now
+        if not events and not updates:
+            return
+        try:
+            gone = await _db_write(events=events, updates=updates)
+        except BaseException:
+            for turn, pending in taken:  # back in front, in order, for the next round
+                turn.pending = pending + turn.pending
+            raise
+        await self._push([(turn, pending) for turn, pending in taken if pending and turn.watched])
+        for turn in finals:
+            self.turns.pop(str(turn.message_id), None)
+            if not turn.written.done():
+                turn.written.set_result(None)
+        for message_id in gone:
+            turn = self.turns.get(message_id)
+            if turn is not None:
+                turn.request_cancel("gone")
+
+    async def _push(self, batches: list[tuple[_Turn, list[tuple[int, str, dict]]]]) -> None:
+        """Publish what was just written to the followers in other processes (a few at a time:
+        the channel layer's connections are a pool too)."""
+        limit = asyncio.Semaphore(PUSH_CONCURRENCY)
+
+        async def push(turn: _Turn, pending: list[tuple[int, str, dict]]) -> None:
+            async with limit:
+                await realtime.apublish(turn_group(turn.message_id), {"events": pending})
+
+        await asyncio.gather(*(push(turn, pending) for turn, pending in batches))
+
+    async def _watch(self) -> None:
+        while self.turns:  # re-checked after the subscription closes: a turn may have come meanwhile
+            async with realtime.Subscription(CONTROL_GROUP) as control:
+                checked_at = 0.0
+                while self.turns:
+                    pushed = await control.next(CANCEL_POLL_SECONDS)
+                    if pushed is not None and pushed.get("follow"):
+                        turn = self.turns.get(str(pushed["follow"]))
+                        if turn is not None:
+                            turn.watched = True
+                    elif pushed is not None:
+                        turn = self.turns.get(str(pushed.get("message_id")))
+                        if turn is not None:
+                            turn.request_cancel("cancelled")
+                    running = [t.message_id for t in self.turns.values() if t.final is None]
+                    if not running or self.loop.time() - checked_at < CANCEL_POLL_SECONDS:
+                        continue
+                    checked_at = self.loop.time()
+                    try:
+                        flagged = await _db_cancel_flags(message_ids=running)
+                    except Exception:
+                        logger.warning("chat turns: reading cancel flags failed", exc_info=True)
+                        continue
+                    for message_id in flagged:
+                        turn = self.turns.get(message_id)
+                        if turn is not None:
+                            turn.request_cancel("cancelled")
+
+
+class _Turn:
+    """One running turn in this process: turns the runtime's events into turn events, keeps the
+    message's state; its hub writes the log."""
+
+    def __init__(
+        self,
+        *,
+        started: TurnStarted,
+        org,
+        user,
+        agent: Agent,
+        message: str,
+        history: list[dict[str, Any]],
+        channel: str,
+        request_id: str | None,
+        api_key_id: Any,
+    ) -> None:
+        self.started = started
+        self.message_id = started.message_id
+        self.org = org
+        self.user = user
+        self.agent = agent
+        self.message = message
+        self.history = history
+        self.channel = channel
+        self.request_id = request_id
+        self.api_key_id = api_key_id
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.hub: _Hub | None = None
+        self.task: asyncio.Task | None = None
+        self.run_task: asyncio.Task | None = None
+        self.seq = 1  # message.start was written with the messages
+        self.pending: list[tuple[int, str, dict]] = []
+        self.text: list[str] = []
+        self.parts: list[dict[str, Any]] = []
+        self.citations: list[dict[str, Any]] = []
+        self.progress_at = 0.0
+        self.watched = False  # a follower in another process asked for pushes
+        self.final: dict[str, Any] | None = None
+        self._written: asyncio.Future | None = None
+        self.run_id: str | None = None
+        self.cancel_reason: str | None = None
+        # Every event so far, for followers on the same loop (no database, no channel layer).
+        start = {"conversation_id": str(started.conversation_id), "message_id": str(started.message_id)}
+        self.events: list[TurnEvent] = [TurnEvent(seq=1, event="message.start", data=start)]
+        self.signal = asyncio.Event()
+
+    @property
+    def written(self) -> asyncio.Future:
+        if self._written is None:
+            self._written = asyncio.get_running_loop().create_future()
+        return self._written
+
+    # -- events ---------------------------------------------------------------------------------
+
+    async def emit(self, event: str, data: dict[str, Any]) -> None:
+        self.seq += 1
+        self.pending.append((self.seq, event, data))
+        await self._announce(TurnEvent(seq=self.seq, event=event, data=data))
+
+    async def _announce(self, event: TurnEvent) -> None:
+        """Wake the followers on this loop (they read ``events``); followers in other processes
+        get the events from the hub, in batches, once they are in the log."""
+        self.events.append(event)
+        signal, self.signal = self.signal, asyncio.Event()
+        signal.set()
+
+    async def on_run_event(self, event: dict[str, Any]) -> None:
+        """The runtime's events, as turn events (and as the message's parts)."""
+        if event.get("run_id"):
+            self.run_id = event["run_id"]
+        kind = event.get("type")
+        if kind == "delta":
+            text = event.get("text") or ""
+            if not text:
+                return
+            self.text.append(text)
+            if self.parts and self.parts[-1].get("type") == "text":
+                self.parts[-1]["text"] += text
+            else:
+                self.parts.append({"type": "text", "text": text})
+            await self.emit("message.delta", {"text": text})
+        elif kind == "tool_call":
+            call = event.get("call") or {}
+            data = {
+                "id": call.get("id", ""),
+                "name": call.get("name", ""),
+                "arguments": _parse_arguments(call.get("arguments")),
+            }
+            self.parts.append({"type": "tool_call", **data})
+            await self.emit("tool.call", data)
+        elif kind == "tool_result":
+            step = event.get("step") or {}
+            data = {"id": step.get("id", "")}
+            if "error" in step:
+                data["error"] = step["error"]
+            else:
+                data["output"] = step.get("result")
+            self.parts.append({"type": "tool_result", "name": step.get("name", ""), **data})
+            await self.emit("tool.result", data)
+            for citation in _citations_of(event.get("result", step.get("result"))):
+                self.citations.append(citation)
+                await self.emit("citation", citation)
+
+    def state(self) -> dict[str, Any]:
+        """The message as it stands (a copy: the writer saves it from another thread)."""
+        return {
+            "content": "".join(self.text),
+            "parts": [dict(part) for part in self.parts],
+            "citations": list(self.citations),
+        }
+
+    async def finish(self, event: str, data: dict[str, Any], fields: dict[str, Any]) -> None:
+        """The terminal event and the outcome: the hub writes them with the last events, and only
+        then is the event published, so a client that sees it finds the message stored."""
+        self.seq += 1
+        self.pending.append((self.seq, event, data))
+        self.final = fields
+        if self.hub is not None:
+            written = self.written
+            self.hub.wake.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(written), FINAL_WRITE_TIMEOUT)
+            except TimeoutError:
+                logger.error("chat turn %s: its outcome was not written in time", self.message_id)
+        await self._announce(TurnEvent(seq=self.seq, event=event, data=data))
+
+    # -- cancel ---------------------------------------------------------------------------------
+
+    def request_cancel(self, reason: str = "cancelled") -> None:
+        """Stop the run (call on the turn's loop; other threads use ``loop.call_soon_threadsafe``)."""
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+        if self.run_task is not None and not self.run_task.done():
+            self.run_task.cancel()
+
+    # -- the run --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            # The run's thread-sensitive database work goes to a small pool shared by all turns
+            # (not the process's single thread, not a thread and a held connection per turn).
+            async with ThreadSensitiveContext(executor=_turn_executor()):
+                await self._run()
+        finally:
+            _running.pop(str(self.message_id), None)
+            if self.hub is not None and self.final is None:
+                self.hub.turns.pop(str(self.message_id), None)
+
+    async def _run(self) -> None:
+        from agents.runtime.loop import arun_agent
+
+        with request_context.channel_scope(self.channel, request_id=self.request_id):
+            request_context.note_api_key(self.api_key_id)
+            self.run_task = asyncio.create_task(
+                arun_agent(
+                    agent=self.agent,
+                    message=self.message,
+                    user=self.user,
+                    conversation_id=self.started.conversation_id,
+                    trigger="chat",
+                    history=self.history,
+                    on_event=self.on_run_event,
+                    stream=True,
+                )
+            )
+            if self.cancel_reason is not None:  # cancelled before the task existed
+                self.run_task.cancel()
+            try:
+                run = await self.run_task
+            except asyncio.CancelledError:
+                await asyncio.shield(self._finish_cancelled())
+                if self.cancel_reason is None:
+                    raise  # the turn itself was cancelled (the server stops)
+            except ApplicationError as exc:
+                await self._finish_failed(exc.code, exc.message)
+            except Exception as exc:
+                logger.exception("chat turn %s failed", self.message_id)
+                await self._finish_failed("ERR_INTERNAL", f"The turn failed: {type(exc).__name__}.")
+            else:
+                await self._finish_ok(run)
+
+    async def _usage(self, prompt_tokens: int, completion_tokens: int, model: str) -> Decimal:
+        """Emit the turn's ``usage`` event, priced by whatever the platform registered (billing's
+        catalogue and the org's overrides); an unknown price shows as 0."""
+        micros = await _db_cost_micros(
+            org_id=self.org.pk,
+            model=model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+        cost = (Decimal(micros or 0) / MICROS_PER_USD).quantize(Decimal("0.000001"))
+        await self.emit(
+            "usage",
+            {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cost_usd": float(cost)},
+        )
+        return cost
+
+    async def _finish_ok(self, run) -> None:
+        if not self.text and run.output:  # e.g. the max_tool_iterations notice, never streamed
+            await self.on_run_event({"type": "delta", "text": run.output})
+        model = (run.model or self.agent.model or "")[:200]
+        cost = await self._usage(run.prompt_tokens, run.completion_tokens, model)
+        await self.finish(
+            "message.end",
+            {"finish_reason": run.finish_reason or "stop"},
+            {
+                "status": Message.Status.COMPLETE,
+                "finish_reason": (run.finish_reason or "stop")[:32],
+                "prompt_tokens": run.prompt_tokens,
+                "completion_tokens": run.completion_tokens,
+                "cost_usd": cost,
+                "model": (run.model or self.agent.model or "")[:200],
+                "run_id": run.pk,
+            },
+        )
+
+    async def _finish_cancelled(self) -> None:
+        run = await _db_run_row(self.run_id)
+        prompt = run.prompt_tokens if run is not None else 0
+        completion = run.completion_tokens if run is not None else 0
+        estimated = False
+        text = "".join(self.text)
+        if text and completion == 0:  # the cut-off step never reported its usage to the run
+            completion, estimated = (len(text) + 3) // 4, True
+        model = ((run.model if run is not None else "") or self.agent.model or "")[:200]
+        cost = await self._usage(prompt, completion, model)
+        final: dict[str, Any] = {
+            "status": Message.Status.CANCELLED,
+            "finish_reason": "cancelled",
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "cost_usd": cost,
+            "usage_estimated": estimated,
+            "cancel_requested_at": timezone.now(),
+        }
+        if run is not None:
+            final["run_id"] = run.pk
+            final["model"] = (run.model or self.agent.model or "")[:200]
+        await self.finish("message.end", {"finish_reason": "cancelled"}, final)
+
+    async def _finish_failed(self, code: str, message: str) -> None:
+        final: dict[str, Any] = {
+            "status": Message.Status.FAILED,
+            "finish_reason": "error",
+            "error": {"code": code, "message": message},
+        }
+        run = await _db_run_row(self.run_id)
+        if run is not None:
+            final.update(
+                run_id=run.pk, prompt_tokens=run.prompt_tokens, completion_tokens=run.completion_tokens
+            )
+        await self.finish("error", {"code": code, "message": message}, final)
+
+
+# --- following a turn --------------------------------------------------------------------------
+
+
+async def _follow_local(
+    turn: _Turn, after_seq: int, heartbeat: float | None
+) -> AsyncIterator[TurnEvent | None]:
+    """Follow a turn that runs on this loop straight from its memory."""
+    index = max(0, int(after_seq))
+    while True:
+        while index < len(turn.events):
+            event = turn.events[index]
+            index += 1
+            yield event
+            if event.event in TERMINAL_EVENTS:
+                return
+        signal = turn.signal
+        try:
+            await asyncio.wait_for(signal.wait(), heartbeat or FINAL_WRITE_TIMEOUT)
+        except TimeoutError:
+            if turn.task is not None and turn.task.done() and index >= len(turn.events):
+                return  # pragma: no cover - a turn always ends with a terminal event
+            if heartbeat:
+                yield None
+
+
+async def follow_turn(
+    *, message_id: Any, after_seq: int = 0, heartbeat: float | None = None
+) -> AsyncIterator[TurnEvent | None]:
+    """The turn's events after ``after_seq``, in order, replayed from the log then live; ends after
+    the terminal event. With ``heartbeat``, yields None after that many idle seconds (keep-alives).
+
+    A turn running on this very loop is followed from its memory; any other (another process, a
+    finished turn) from the log and the channel layer."""
+    loop = asyncio.get_running_loop()
+    turn = _running.get(str(message_id))
+    if turn is not None and turn.loop is loop:
+        async for event in _follow_local(turn, after_seq, heartbeat):
+            yield event
+        return
+    expected = max(0, int(after_seq)) + 1
+    held: dict[int, TurnEvent] = {}
+    need_log, read_at, idle, last_seq = True, 0.0, 0.0, 0
+    status: str | None = Message.Status.STREAMING
+    # Ask the process running the turn for pushes (until the first one comes: it may not have been
+    # listening yet); without a layer that crosses processes, the log is polled instead.
+    announce = realtime.pushes_across_processes()
+    announced_at = -FOLLOW_ANNOUNCE_SECONDS
+    async with realtime.Subscription(turn_group(message_id)) as subscription:
+        while True:
+            if announce and status == Message.Status.STREAMING:
+                if loop.time() - announced_at >= FOLLOW_ANNOUNCE_SECONDS:
+                    announced_at = loop.time()
+                    await realtime.apublish(CONTROL_GROUP, {"follow": str(message_id)})
+            if need_log and (not held or loop.time() - read_at >= GAP_RETRY_SECONDS):
+                rows, status, last_seq = await _db_read_log(message_id=message_id, after_seq=expected - 1)
+                read_at, need_log = loop.time(), False
+                if status is None:
+                    return  # the message (its conversation) was deleted
+                for seq, name, data in rows:
+                    held.setdefault(seq, TurnEvent(seq=seq, event=name, data=data))
+            while expected in held:
+                event = held.pop(expected)
+                expected += 1
+                idle = 0.0
+                yield event
+                if event.event in TERMINAL_EVENTS:
+                    return
+            for stale in [seq for seq in held if seq < expected]:
+                del held[stale]
+            if status != Message.Status.STREAMING and not held and not need_log:
+                if expected > last_seq:
+                    return  # the caller has seen everything already (it resumed after the end)
+                # Finalised but the log holds no terminal event: the process running it died.
+                yield TurnEvent(
+                    seq=max(expected, last_seq + 1),
+                    event="error",
+                    data={"code": "ERR_TURN_LOST", "message": "The turn ended without finishing."},
+                )
+                return
+            wait = GAP_RETRY_SECONDS if held else realtime.follow_interval()
+            if announce:
+                wait = min(wait, FOLLOW_ANNOUNCE_SECONDS)
+            if heartbeat:
+                wait = max(0.01, min(wait, heartbeat - idle))
+            pushed = await subscription.next(wait)
+            if pushed is None:
+                idle += wait
+                need_log = True  # a push may have been missed (another process, a full channel)
+                if heartbeat and idle >= heartbeat:
+                    idle = 0.0
+                    yield None
+                continue
+            announce = False  # the turn's process pushes to us
+            batch = pushed.get("events") if isinstance(pushed.get("events"), list) else [pushed]
+            for item in batch:
+                try:
+                    if isinstance(item, dict):
+                        seq, name, data = int(item.get("seq", 0)), item.get("event"), item.get("data")
+                    else:
+                        seq, name, data = int(item[0]), item[1], item[2]
+                except (TypeError, ValueError, IndexError, KeyError):
+                    continue
+                if seq >= expected:
+                    held.setdefault(seq, TurnEvent(seq=seq, event=str(name), data=data or {}))
+            if held and min(held) > expected:
+                need_log = True  # the log has the events in between
+
+
+async def aturn_events(*, message_id: Any, after_seq: int = 0) -> AsyncIterator[TurnEvent]:
+    """Follow a turn from any process (see the module doc); ends after ``message.end``/``error``.
+    Callers check that the user may see the message (``chat.selectors.messages.turn_message_get``)."""
+    async for event in follow_turn(message_id=message_id, after_seq=after_seq):
+        if event is not None:
+            yield event
+
+
+# --- cancel ------------------------------------------------------------------------------------
+
+
+def signal_local_cancel(message_id: Any, reason: str = "cancelled") -> bool:
+    """Stop a turn running in this process; False when it runs elsewhere (or not at all)."""
+    turn = _running.get(str(message_id))
+    if turn is None or turn.loop is None:
+        return False
+    turn.loop.call_soon_threadsafe(turn.request_cancel, reason)
+    return True
+
+
+@transaction.atomic
+def turn_cancel_request(*, org, user, message_id: Any) -> Message:
+    """Mark a running turn of the caller's for cancellation; 404 for others, 409 when finished."""
+    message = turn_message_get(org=org, user=user, message_id=message_id)
+    if message.role != Message.Role.ASSISTANT:
+        raise NotFoundError("Turn not found.")
+    now = timezone.now()
+    marked = Message.objects.filter(pk=message.pk, status=Message.Status.STREAMING).update(
+        cancel_requested_at=now, updated_at=now
+    )
+    if not marked:
+        raise ConflictError(
+            "This turn has already finished.",
+            code="ERR_TURN_FINISHED",
+            details={
+                "status": Message.objects.filter(pk=message.pk).values_list("status", flat=True).first()
+            },
+        )
+    message.cancel_requested_at = now
+    return message
+
+
+async def acancel_turn(*, org, user, message_id: Any) -> None:
+    """Cancel a running turn from any process (see the module doc)."""
+    await sync_to_async(turn_cancel_request)(org=org, user=user, message_id=message_id)
+    if not signal_local_cancel(message_id):
+        await realtime.apublish(CONTROL_GROUP, {"message_id": str(message_id)})
+
+
+def turn_cancel(*, org, user, message_id: Any, wait_seconds: float = 0.0) -> Message:
+    """Sync flavour of :func:`acancel_turn` for views; waits up to ``wait_seconds`` for the turn to
+    stop and returns the message as it then is."""
+    turn_cancel_request(org=org, user=user, message_id=message_id)
+    if not signal_local_cancel(message_id):
+        realtime.publish(CONTROL_GROUP, {"message_id": str(message_id)})
+    deadline = time.monotonic() + wait_seconds
+    message = Message.objects.get(pk=message_id)
+    while message.status == Message.Status.STREAMING and time.monotonic() < deadline:
+        time.sleep(0.05)  # noqa: ASYNC251 - a sync view thread waiting for another process
+        message.refresh_from_db()
+    return message
+
+
+# --- turns whose process died ------------------------------------------------------------------
+
+STALE_TURN_SECONDS = 15 * 60
+
+
+def turn_sweep_stale(*, older_than_seconds: int = STALE_TURN_SECONDS) -> int:
+    """Close turns left ``streaming`` by a process that died (nothing written for a long while):
+    an ``error`` event ``ERR_TURN_LOST`` ends their log and they become ``failed``, so followers
+    stop waiting. The condition is re-checked under the row lock; returns how many were closed."""
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    closed = 0
+    stale = Message.objects.filter(status=Message.Status.STREAMING, updated_at__lt=cutoff)
+    for message_id in stale.values_list("pk", flat=True)[:500]:
+        if message_id in {turn.message_id for turn in _running.values()}:
+            continue  # alive in this process
+        with transaction.atomic():
+            message = (
+                Message.objects.select_for_update()
+                .filter(pk=message_id, status=Message.Status.STREAMING, updated_at__lt=cutoff)
+                .first()
+            )
+            if message is None:
+                continue
+            error = {"code": "ERR_TURN_LOST", "message": "The turn ended without finishing."}
+            last = MessageEvent.objects.filter(message=message).order_by("-seq").values_list("seq", flat=True)
+            seq = max(message.last_seq, last.first() or 0) + 1
+            MessageEvent.objects.create(message=message, seq=seq, event="error", data=error)
+            message.status = Message.Status.FAILED
+            message.finish_reason = "error"
+            message.error = error
+            message.last_seq = seq
+            message.save(update_fields=["status", "finish_reason", "error", "last_seq", "updated_at"])
+            closed += 1
+    return closed

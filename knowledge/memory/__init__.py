@@ -1,0 +1,1 @@
+"""Agent memory, the per-agent knowledge graph and episodic summaries (a sub-app of `knowledge`)."""

@@ -1,0 +1,1 @@
+"""Reads of `knowledge.memory`; every function takes ``org`` and the (visible) agent."""

@@ -1,0 +1,1 @@
+"""Writes of `knowledge.memory`: memory documents, the knowledge graph, extraction, episodic summaries."""

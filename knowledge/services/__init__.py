@@ -1,0 +1,1 @@
+"""Writes of `knowledge`: knowledge bases, documents, ingestion and index versions."""

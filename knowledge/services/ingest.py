@@ -1,0 +1,510 @@
+"""Ingestion: a document's state machine ``pending → processing → ready | failed``, and vectors.
+
+Claiming is one conditional UPDATE (``pending``, or ``processing`` whose lease ran out) that also
+counts the attempt and sets a lease; its row count says whether this worker won, so a redelivered
+message or a second worker does nothing. Every later write checks the claim (status, attempt
+number) again, so a worker that was presumed dead and wakes up cannot overwrite the work of the
+one that took over. A beat task (``requeue_expired``) re-queues documents whose worker died
+(lease expired) and pending ones that no worker ever took; after ``KNOWLEDGE_MAX_ATTEMPTS`` a
+document fails with ``ERR_TOO_MANY_ATTEMPTS``.
+
+Steps: read the bytes (upload, text, or URL through the outbound guard) → parse → chunk by
+tokens → replace the document's chunks in one transaction (so chunks are never duplicated) →
+full-text index → vectors for every index version of the KB that is serving or building →
+``ready``. Vectors are computed once per distinct chunk text per version: identical text already
+embedded in that version is copied, not embedded again. An embedding failure leaves the document
+``ready`` for keyword search with ``embedded = False`` and the error noted; the admin backfill
+(``/api/v1/admin/rag``) embeds what is missing later.
+
+Progress goes to the document's Job (percent, message), which clients follow by polling or SSE.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from core.errors import ApplicationError
+from core.services import job_fail, job_progress, job_succeed
+from knowledge import parsing
+from knowledge.chunking import chunk_sections
+from knowledge.embeddings import embed_texts
+from knowledge.models import Chunk, ChunkEmbedding, Document, IndexVersion, KnowledgeBase
+from knowledge.search.keyword import index_chunks
+
+logger = logging.getLogger(__name__)
+
+MAX_URL_BYTES = parsing.MAX_UPLOAD_BYTES
+
+
+class LeaseLost(Exception):
+    """Another worker took the document over (this one was presumed dead)."""
+
+
+# --- the state machine -------------------------------------------------------------------------
+
+
+def claim(document_id: uuid.UUID | str) -> Document | None:
+    """Take the document for this worker, or None when it is not ours to take."""
+    now = timezone.now()
+    won = (
+        Document.objects.filter(pk=document_id)
+        .filter(
+            Q(status=Document.Status.PENDING) | Q(status=Document.Status.PROCESSING, lease_expires_at__lt=now)
+        )
+        .update(
+            status=Document.Status.PROCESSING,
+            attempts=F("attempts") + 1,
+            lease_expires_at=now + timedelta(seconds=settings.KNOWLEDGE_LEASE_SECONDS),
+            error_code="",
+            error_message="",
+            updated_at=now,
+        )
+    )
+    if not won:
+        return None
+    return Document.objects.select_related("kb", "org").get(pk=document_id)
+
+
+def _mine(document: Document):
+    return Document.objects.filter(
+        pk=document.pk, status=Document.Status.PROCESSING, attempts=document.attempts
+    )
+
+
+def _renew(document: Document) -> None:
+    lease = timezone.now() + timedelta(seconds=settings.KNOWLEDGE_LEASE_SECONDS)
+    if not _mine(document).update(lease_expires_at=lease, updated_at=timezone.now()):
+        raise LeaseLost()
+
+
+def _fail(document: Document, code: str, message: str) -> None:
+    updated = _mine(document).update(
+        status=Document.Status.FAILED,
+        error_code=code[:64],
+        error_message=message[:500],
+        lease_expires_at=None,
+        updated_at=timezone.now(),
+    )
+    if updated and document.job_id:
+        job_fail(job_id=document.job_id, code=code, message=message)
+
+
+def _progress(document: Document, percent: int, message: str) -> None:
+    _renew(document)
+    if document.job_id:
+        job_progress(job_id=document.job_id, percent=percent, message=message)
+
+
+# --- reading and parsing -----------------------------------------------------------------------
+
+
+def _fetch_url(url: str) -> tuple[bytes, str]:
+    from core.outbound import guarded_client
+
+    with guarded_client(follow_redirects=True, max_redirects=5) as client:
+        with client.stream("GET", url, headers={"User-Agent": "agent-platform-knowledge/1"}) as response:
+            if response.status_code >= 400:
+                raise ApplicationError(
+                    f"Fetching the URL answered HTTP {response.status_code}.", code="ERR_FETCH_FAILED"
+                )
+            chunks, size = [], 0
+            for piece in response.iter_bytes():
+                size += len(piece)
+                if size > MAX_URL_BYTES:
+                    raise parsing.FileTooLarge()
+                chunks.append(piece)
+            return b"".join(chunks), response.headers.get("content-type", "")
+
+
+def _sections(document: Document) -> list[parsing.Section]:
+    if document.source == Document.Source.URL:
+        data, content_type = _fetch_url(document.source_url)
+        name = document.source_url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        if "html" in content_type:
+            name = "page.html"
+        elif "." not in name:
+            name = ""
+        file_type = parsing.sniff(data, name)
+        Document.objects.filter(pk=document.pk).update(file_type=file_type, size_bytes=len(data))
+        return parsing.parse(data, file_type)
+    if document.file:
+        with default_storage.open(document.file.name, "rb") as handle:
+            data = handle.read()
+        return parsing.parse(data, document.file_type or parsing.sniff(data, document.filename))
+    return parsing.parse_text(document.text, document.file_type or "text")
+
+
+# --- vectors -----------------------------------------------------------------------------------
+
+
+def target_indexes(kb_id: Any) -> list[IndexVersion]:
+    """Versions that must receive vectors of new chunks: the serving one and any being built."""
+    serving = KnowledgeBase.objects.filter(pk=kb_id).values_list("active_index_id", flat=True).first()
+    return list(
+        IndexVersion.objects.filter(kb_id=kb_id).filter(
+            Q(pk=serving) | Q(status=IndexVersion.Status.BUILDING)
+        )
+    )
+
+
+def embed_chunks(
+    *, index: IndexVersion, chunks: list[tuple[uuid.UUID, str, str]], org: Any,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> int:  # fmt: skip
+    """Store vectors of ``chunks`` (``(id, text, content_hash)``) in ``index``; returns how many.
+
+    Text already embedded in this version (same hash) is copied; the rest is embedded in batches.
+    """
+    if not chunks:
+        return 0
+    hashes = {content_hash for _, _, content_hash in chunks}
+    known: dict[str, bytes] = {}
+    for content_hash, blob in (
+        ChunkEmbedding.objects.filter(index=index, chunk__content_hash__in=list(hashes))
+        .values_list("chunk__content_hash", "vector")
+        .iterator()
+    ):
+        known.setdefault(content_hash, bytes(blob))
+    todo = [(cid, text, h) for cid, text, h in chunks if h not in known]
+    batch = max(1, settings.KNOWLEDGE_EMBED_BATCH) * 4
+    stored = 0
+    for start in range(0, len(todo), batch):
+        part = todo[start : start + batch]
+        vectors = embed_texts(
+            org=org, texts=[text for _, text, _ in part], backend=index.backend, model=index.model
+        )
+        if vectors is None:
+            return stored
+        if index.dimension is None:
+            IndexVersion.objects.filter(pk=index.pk, dimension__isnull=True).update(
+                dimension=vectors.shape[1]
+            )
+            index.dimension = vectors.shape[1]
+        elif vectors.shape[1] != index.dimension:
+            raise ApplicationError(
+                f"The model returned {vectors.shape[1]}-dimensional vectors; "
+                f"this index holds {index.dimension}.",
+                code="ERR_EMBEDDING_DIMENSION",
+            )
+        for (_, _, content_hash), vector in zip(part, vectors, strict=True):
+            known.setdefault(content_hash, np.asarray(vector, dtype=np.float32).tobytes())
+        if on_batch is not None:
+            on_batch(start + len(part), len(todo))
+    rows = [ChunkEmbedding(index=index, chunk_id=cid, vector=known[h]) for cid, _, h in chunks if h in known]
+    with transaction.atomic():
+        ChunkEmbedding.objects.bulk_create(rows, batch_size=1000, ignore_conflicts=True)
+        IndexVersion.objects.filter(pk=index.pk).update(revision=F("revision") + 1)
+    stored += len(rows)
+    return stored
+
+
+def missing_chunks(index: IndexVersion, *, limit: int | None = None) -> list[tuple[uuid.UUID, str, str]]:
+    """Chunks of the index's KB without a vector in it (oldest first)."""
+    rows = (
+        Chunk.objects.filter(kb_id=index.kb_id)
+        .exclude(embeddings__index=index)
+        .order_by("created_at", "seq")
+        .values_list("id", "text", "content_hash")
+    )
+    return list(rows[:limit] if limit else rows)
+
+
+def _mark_embedded(kb_id: Any) -> None:
+    """Set ``Document.embedded`` from whether the serving index holds all of a document's chunks."""
+    serving = KnowledgeBase.objects.filter(pk=kb_id).values_list("active_index_id", flat=True).first()
+    if serving is None:
+        Document.objects.filter(kb_id=kb_id, embedded=True).update(embedded=False)
+        return
+    lacking = (
+        Chunk.objects.filter(kb_id=kb_id)
+        .exclude(embeddings__index_id=serving)
+        .values("document_id")
+        .distinct()
+    )
+    Document.objects.filter(kb_id=kb_id).exclude(pk__in=lacking).update(embedded=True)
+    Document.objects.filter(kb_id=kb_id, pk__in=lacking).update(embedded=False)
+
+
+# --- ingestion ---------------------------------------------------------------------------------
+
+
+def _guarded(document: Document, step: Callable[[], Any]) -> tuple[bool, Any]:
+    """Run one step of a document's ingestion; a failure fails the document. ``(ok, value)``."""
+    try:
+        return True, step()
+    except LeaseLost:
+        logger.info("document %s was taken over by another worker", document.pk)
+        return False, None
+    except ApplicationError as exc:
+        _fail(document, exc.code, exc.message)
+        return False, Document.Status.FAILED
+    except Exception as exc:
+        logger.exception("ingesting document %s crashed", document.pk)
+        _fail(document, "ERR_INGEST_FAILED", f"Ingestion failed unexpectedly ({type(exc).__name__}).")
+        return False, Document.Status.FAILED
+
+
+def _prepare(document: Document) -> list[Chunk]:
+    """Read, parse and chunk the document; replace its chunks (and full-text entries) in one go."""
+    kb = document.kb
+    _progress(document, 5, "Reading the document")
+    sections = _sections(document)
+    _progress(document, 25, "Chunking")
+    drafts = chunk_sections(sections, chunk_size=kb.chunk_size, overlap=kb.chunk_overlap)
+    if not drafts:
+        raise ApplicationError("The document holds no text.", code="ERR_NO_TEXT")
+    with transaction.atomic():
+        if not _mine(document).select_for_update().exists():
+            raise LeaseLost()
+        had_vectors = ChunkEmbedding.objects.filter(chunk__document=document).exists()
+        Chunk.objects.filter(document=document).delete()  # a retry replaces, never adds
+        rows = [
+            Chunk(
+                org_id=document.org_id,
+                kb_id=kb.pk,
+                document=document,
+                seq=draft.seq,
+                text=draft.text,
+                token_count=draft.token_count,
+                page=draft.page,
+                section=draft.section,
+                metadata=draft.metadata,
+                content_hash=draft.content_hash,
+            )  # fmt: skip
+            for draft in drafts
+        ]
+        Chunk.objects.bulk_create(rows, batch_size=1000)
+        index_chunks(document_id=document.pk, language=kb.language)
+        if had_vectors:
+            IndexVersion.objects.filter(kb_id=kb.pk).update(revision=F("revision") + 1)
+        _mine(document).update(
+            chunk_count=len(rows), token_count=sum(d.token_count for d in drafts), embedded=False
+        )
+    _progress(document, 40, f"{len(rows)} chunks; embedding")
+    return rows
+
+
+def _finish(document: Document, rows: list[Chunk], embed_error: tuple[str, str] | None) -> str:
+    with transaction.atomic():
+        updated = _mine(document).update(
+            status=Document.Status.READY,
+            lease_expires_at=None,
+            processed_at=timezone.now(),
+            embedded=embed_error is None and document.kb.active_index_id is not None,
+            error_code=embed_error[0] if embed_error else "",
+            error_message=embed_error[1] if embed_error else "",
+            updated_at=timezone.now(),
+        )
+        if not updated:
+            raise LeaseLost()
+    if document.job_id:
+        result: dict[str, Any] = {"document_id": str(document.pk), "status": "ready", "chunks": len(rows)}
+        if embed_error:
+            result["warning"] = {"code": embed_error[0], "message": embed_error[1]}
+        job_succeed(job_id=document.job_id, result=result, message="Ready")
+    return Document.Status.READY
+
+
+def _claim_for_work(document_id: uuid.UUID | str) -> tuple[Document | None, str | None]:
+    document = claim(document_id)
+    if document is None:
+        return None, None
+    if document.attempts > settings.KNOWLEDGE_MAX_ATTEMPTS:
+        _fail(document, "ERR_TOO_MANY_ATTEMPTS", f"Gave up after {settings.KNOWLEDGE_MAX_ATTEMPTS} attempts.")
+        return None, Document.Status.FAILED
+    return document, None
+
+
+def ingest_document(document_id: uuid.UUID | str) -> str | None:
+    """Ingest one document now (in this process); returns its final status, None when not ours.
+
+    Safe to call any number of times: only a caller that claims the document works on it.
+    """
+    document, outcome = _claim_for_work(document_id)
+    if document is None:
+        return outcome
+    ok, rows = _guarded(document, lambda: _prepare(document))
+    if not ok:
+        return rows
+    ok, embed_error = _guarded(document, lambda: _embed_document([document], document.kb, rows))
+    if not ok:
+        return embed_error
+    ok, status = _guarded(document, lambda: _finish(document, rows, embed_error))
+    return status
+
+
+def ingest_documents(document_ids: Iterable[uuid.UUID | str]) -> dict[str, str | None]:
+    """Ingest several documents of one KB together: each is claimed, parsed and chunked on its own
+    (one bad file fails alone), then the chunks of all are embedded in shared batches, which keeps
+    a local model busy with full batches (bulk uploads, benchmarks). Returns each one's status."""
+    outcomes: dict[str, str | None] = {}
+    prepared: list[tuple[Document, list[Chunk]]] = []
+    for document_id in document_ids:
+        document, outcome = _claim_for_work(document_id)
+        if document is None:
+            outcomes[str(document_id)] = outcome
+            continue
+        ok, rows = _guarded(document, lambda document=document: _prepare(document))
+        if ok:
+            prepared.append((document, rows))
+        else:
+            outcomes[str(document.pk)] = rows
+    by_kb: dict[Any, list[tuple[Document, list[Chunk]]]] = {}
+    for document, rows in prepared:
+        by_kb.setdefault(document.kb_id, []).append((document, rows))
+    for group in by_kb.values():
+        documents = [document for document, _ in group]
+        all_rows = [row for _, rows in group for row in rows]
+        try:
+            embed_error = _embed_document(documents, documents[0].kb, all_rows)
+        except LeaseLost:
+            embed_error = (
+                "ERR_EMBEDDING_FAILED",
+                "A document of the batch was taken over; vectors to backfill.",
+            )
+        for document, rows in group:
+            ok, status = _guarded(document, lambda d=document, r=rows, e=embed_error: _finish(d, r, e))
+            outcomes[str(document.pk)] = status
+    return outcomes
+
+
+def _embed_document(
+    documents: list[Document], kb: KnowledgeBase, rows: list[Chunk]
+) -> tuple[str, str] | None:
+    """Vectors of the new chunks in every target version; the error (code, message) if it failed."""
+    indexes = target_indexes(kb.pk)
+    if not indexes:
+        return None
+    chunks = [(row.pk, row.text, row.content_hash) for row in rows]
+    try:
+        for index in indexes:
+
+            def report(done: int, total: int) -> None:
+                for document in documents:
+                    _progress(
+                        document, 40 + int(55 * done / max(total, 1)), f"Embedded {done}/{total} chunks"
+                    )
+
+            embed_chunks(index=index, chunks=chunks, org=kb.org, on_batch=report)
+    except LeaseLost:
+        raise
+    except ApplicationError as exc:
+        logger.warning("embedding for kb %s failed: %s", kb.pk, exc.message)
+        return exc.code, f"Keyword search only until the vectors are backfilled: {exc.message}"
+    except Exception as exc:
+        logger.exception("embedding for kb %s crashed", kb.pk)
+        return (
+            "ERR_EMBEDDING_FAILED",
+            f"Keyword search only until the vectors are backfilled ({type(exc).__name__}).",
+        )
+    return None
+
+
+def requeue_expired(*, enqueue: Callable[[str], Any] | None = None) -> list[str]:
+    """Documents to hand to a worker again: processing with an expired lease (their worker died),
+    and pending ones older than a lease that no worker took (the message was lost)."""
+    now = timezone.now()
+    stale_pending = now - timedelta(seconds=settings.KNOWLEDGE_LEASE_SECONDS)
+    ids = [
+        str(pk)
+        for pk in Document.objects.filter(
+            Q(status=Document.Status.PROCESSING, lease_expires_at__lt=now)
+            | Q(status=Document.Status.PENDING, updated_at__lt=stale_pending)
+        ).values_list("pk", flat=True)[:500]
+    ]
+    if enqueue is not None:
+        for document_id in ids:
+            enqueue(document_id)
+    return ids
+
+
+# --- index versions ----------------------------------------------------------------------------
+
+
+def build_index(
+    index_id: uuid.UUID | str, *, report: Callable[[int, str], Any] | None = None
+) -> dict[str, Any]:
+    """Embed every chunk of the KB into a building version, then make it the serving one.
+
+    The old version answers searches until the switch, which is one UPDATE of the KB inside a
+    transaction that also retires the old version; chunks added meanwhile are caught by a last pass.
+    """
+    index = IndexVersion.objects.select_related("kb", "org").filter(pk=index_id).first()
+    if index is None or index.status != IndexVersion.Status.BUILDING:
+        return {"index_version": str(index_id), "status": index.status if index else "gone"}
+    total = Chunk.objects.filter(kb_id=index.kb_id).count()
+    done = 0
+    while True:
+        batch = missing_chunks(index, limit=2000)
+        if not batch:
+            break
+        done += embed_chunks(index=index, chunks=batch, org=index.org)
+        if report is not None:
+            report(min(95, int(95 * done / max(total, 1))), f"Embedded {done}/{total} chunks")
+        if not IndexVersion.objects.filter(pk=index.pk, status=IndexVersion.Status.BUILDING).exists():
+            return {"index_version": str(index.pk), "status": "superseded"}
+    with transaction.atomic():
+        kb = KnowledgeBase.objects.select_for_update().get(pk=index.kb_id)
+        if not IndexVersion.objects.filter(pk=index.pk, status=IndexVersion.Status.BUILDING).exists():
+            return {"index_version": str(index.pk), "status": "superseded"}
+        previous = kb.active_index_id
+        IndexVersion.objects.filter(kb=kb, status=IndexVersion.Status.READY).update(
+            status=IndexVersion.Status.RETIRED
+        )
+        IndexVersion.objects.filter(pk=index.pk).update(
+            status=IndexVersion.Status.READY, activated_at=timezone.now(), revision=F("revision") + 1
+        )
+        KnowledgeBase.objects.filter(pk=kb.pk).update(active_index=index)
+    # Chunks stored between the last pass and the switch by an ingest that did not see this version.
+    late = missing_chunks(index)
+    if late:
+        embed_chunks(index=index, chunks=late, org=index.org)
+    _mark_embedded(index.kb_id)
+    if previous and previous != index.pk:
+        # The old vectors are no longer served: drop them to free the space.
+        ChunkEmbedding.objects.filter(index_id=previous).delete()
+    return {
+        "index_version": str(index.pk),
+        "status": "ready",
+        "chunks": total,
+        "previous": str(previous or ""),
+    }
+
+
+def backfill(*, org: Any, report: Callable[[int, str], Any] | None = None) -> dict[str, Any]:
+    """Embed every chunk of the org that its KB's serving index lacks; returns counts."""
+    indexes = list(
+        IndexVersion.objects.filter(org=org, status=IndexVersion.Status.READY).select_related("org")
+    )
+    embedded, failed = 0, []
+    for position, index in enumerate(indexes):
+        try:
+            while True:
+                batch = missing_chunks(index, limit=2000)
+                if not batch:
+                    break
+                embedded += embed_chunks(index=index, chunks=batch, org=index.org)
+        except ApplicationError as exc:
+            failed.append({"kb_id": str(index.kb_id), "code": exc.code, "message": exc.message})
+        _mark_embedded(index.kb_id)
+        Document.objects.filter(kb_id=index.kb_id, embedded=True, status=Document.Status.READY).exclude(
+            error_code=""
+        ).update(error_code="", error_message="")
+        if report is not None:
+            report(int(100 * (position + 1) / max(len(indexes), 1)), f"{position + 1}/{len(indexes)} indexes")
+    return {"indexes": len(indexes), "embedded": embedded, "failed": failed}
+
+
+def documents_of(ids: Iterable[str]) -> list[Document]:
+    return list(Document.objects.filter(pk__in=list(ids)))

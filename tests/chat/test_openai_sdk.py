@@ -1,0 +1,205 @@
+"""The official ``openai`` Python SDK against a live server (Daphne in a subprocess) with the fake
+upstream behind it: what a client of OpenAI's API sees when it points ``base_url`` at the platform.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import openai
+import pytest
+
+from accounts.services.keys import api_key_create
+from agents.models import AgentRun
+from tests.chat.conftest import make_agent, make_provider
+from tests.support.asgi_server import run_asgi_server
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "lookup",
+        "parameters": {"type": "object", "properties": {"step": {"type": "integer"}}},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, django_db_setup, django_db_blocker):
+    """One server for the module: it only reads what each test commits."""
+    env = {"OUTBOUND_ALLOWED_HOSTS": "127.0.0.1,localhost"}
+    with (
+        django_db_blocker.unblock(),
+        run_asgi_server(log_dir=tmp_path_factory.mktemp("daphne"), extra_env=env) as running,
+    ):
+        yield running
+
+
+@pytest.fixture
+def provider(org, fake_upstream):
+    return make_provider(org, fake_upstream)
+
+
+@pytest.fixture
+def agent(org, provider):
+    return make_agent(org, provider)
+
+
+@pytest.fixture
+def raw_key(org, member):
+    return api_key_create(org=org, actor=member, name="sdk")[1]
+
+
+@pytest.fixture
+def client(server, raw_key):
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=raw_key, max_retries=0, timeout=30) as sdk:
+        yield sdk
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)  # polling another process's counters, not asserting timing
+    return predicate()
+
+
+def test_a_completion_with_usage(client, agent):
+    completion = client.chat.completions.create(
+        model=f"agent:{agent.key}", messages=[{"role": "user", "content": "hello sdk"}]
+    )
+
+    assert completion.choices[0].message.content == "echo: hello sdk"
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage.prompt_tokens > 0 and completion.usage.completion_tokens > 0
+    assert completion.model == f"agent:{agent.key}"
+
+
+def test_a_streamed_completion_honours_include_usage(client, agent):
+    stream = client.chat.completions.create(
+        model=f"agent:{agent.key}",
+        messages=[{"role": "user", "content": "stream me please"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "echo: stream me please"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens > 0
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_a_streamed_completion_without_include_usage_has_no_usage_chunk(client, agent):
+    chunks = list(
+        client.chat.completions.create(
+            model=f"agent:{agent.key}", messages=[{"role": "user", "content": "x"}], stream=True
+        )
+    )
+    assert all(c.choices for c in chunks)
+
+
+def test_tools_pass_through_on_a_raw_model_call(client, provider):
+    completion = client.chat.completions.create(
+        model="tools-1", messages=[{"role": "user", "content": "use it"}], tools=[TOOL], tool_choice="auto"
+    )
+    call = completion.choices[0].message.tool_calls[0]
+    assert completion.choices[0].finish_reason == "tool_calls"
+    assert call.function.name == "lookup" and json.loads(call.function.arguments) == {"step": 1}
+
+    chunks = list(
+        client.chat.completions.create(
+            model="tools-1", messages=[{"role": "user", "content": "use it"}], tools=[TOOL], stream=True
+        )
+    )
+    deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert deltas[0].function.name == "lookup" and deltas[0].index == 0
+    assert json.loads("".join(d.function.arguments or "" for d in deltas)) == {"step": 1}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_models_list(client, agent):
+    assert [m.id for m in client.models.list()] == [f"agent:{agent.key}"]
+    assert client.models.retrieve(f"agent:{agent.key}").id == f"agent:{agent.key}"
+
+
+def test_a_response_and_a_streamed_response(client, agent):
+    response = client.responses.create(model=f"agent:{agent.key}", input="hi there", instructions="Short.")
+    assert response.output_text == "echo: hi there"
+    assert response.usage.total_tokens == response.usage.input_tokens + response.usage.output_tokens > 0
+
+    events = list(client.responses.create(model=f"agent:{agent.key}", input="a b c", stream=True))
+    types = [e.type for e in events]
+    for expected in (
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ):
+        assert expected in types
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "echo: a b c"
+    assert events[-1].response.output_text == "echo: a b c"
+
+
+def test_errors_are_the_sdks_exception_classes(
+    server, client, agent, org, other_org, outsider, fake_upstream
+):
+    message = [{"role": "user", "content": "x"}]
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="agent:missing", messages=message)
+    assert missing.value.body["code"] == "model_not_found"
+
+    foreign = make_agent(other_org, make_provider(other_org, fake_upstream))
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model=f"agent:{foreign.key}", messages=message)
+
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model=f"agent:{agent.key}", messages=[])
+    assert bad.value.body["param"] == "messages"
+
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="pat_wrong_key", max_retries=0) as wrong:
+        with pytest.raises(openai.AuthenticationError):
+            wrong.models.list()
+
+    outsider_key = api_key_create(org=other_org, actor=outsider, name="o", role="VIEWER")[1]
+    with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=outsider_key, max_retries=0) as viewer:
+        with pytest.raises(openai.PermissionDeniedError):
+            viewer.chat.completions.create(model=f"agent:{foreign.key}", messages=message)
+
+
+def test_a_disconnect_mid_stream_cancels_the_upstream_call(client, org, fake_upstream):
+    provider = make_provider(org, fake_upstream)
+    agent = make_agent(org, provider, model="hang-midway")
+    stream = client.chat.completions.create(
+        model=f"agent:{agent.key}", messages=[{"role": "user", "content": "one two three four"}], stream=True
+    )
+    received = ""
+    for chunk in stream:
+        received += chunk.choices[0].delta.content or ""
+        if received.startswith("echo: one"):
+            break
+    stream.close()
+
+    assert wait_for(lambda: fake_upstream.aborted_for(f"Bearer {provider.api_key}") == 1)
+    assert wait_for(lambda: AgentRun.objects.filter(agent=agent, status=AgentRun.Status.CANCELLED).exists())
+
+
+def test_a_disconnect_cancels_a_raw_stream_too(client, org, fake_upstream):
+    provider = make_provider(org, fake_upstream)
+    stream = client.chat.completions.create(
+        model="hang-midway", messages=[{"role": "user", "content": "one two three"}], stream=True
+    )
+    next(iter(stream))
+    next(iter(stream))
+    stream.close()
+
+    assert wait_for(lambda: fake_upstream.aborted_for(f"Bearer {provider.api_key}") == 1)

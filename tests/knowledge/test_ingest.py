@@ -1,0 +1,201 @@
+"""Ingestion as a state machine: claim by conditional UPDATE, leases, dead workers, retries, dedupe."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.core.files.storage import default_storage
+from django.utils import timezone
+
+from core.models import Job
+from knowledge.models import Chunk, ChunkEmbedding, Document
+from knowledge.services import ingest
+from knowledge.services.documents import (
+    document_create_from_text,
+    document_create_from_upload,
+    document_delete,
+    document_retry,
+)
+
+from .conftest import run_pending_jobs
+from .files import make_pdf
+
+TEXT = "Otters hold hands while they sleep so that they do not drift apart. " * 20
+
+
+def test_a_text_document_goes_pending_processing_ready(kb, owner):
+    document = document_create_from_text(kb=kb, actor=owner, title="Otters", text=TEXT)
+    assert document.status == "pending" and document.job is not None
+
+    run_pending_jobs()
+
+    document.refresh_from_db()
+    assert document.status == "ready"
+    assert document.attempts == 1 and document.lease_expires_at is None
+    assert document.chunk_count == Chunk.objects.filter(document=document).count() >= 1
+    job = Job.objects.get(pk=document.job_id)
+    assert (job.status, job.percent) == ("succeeded", 100)
+    assert job.result["chunks"] == document.chunk_count
+
+
+def test_an_upload_is_stored_under_a_generated_name_and_pages_reach_chunks(kb, owner):
+    data = make_pdf(["Page one is about otters.", "Page two is about beavers."])
+    created = document_create_from_upload(kb=kb, actor=owner, data=data, filename="../../etc/animals.pdf")
+    document = created.document
+    assert document.file.name.startswith(f"knowledge/{kb.org_id}/") and "animals" not in document.file.name
+    assert default_storage.exists(document.file.name)
+
+    run_pending_jobs()
+
+    assert sorted(Chunk.objects.filter(document=document).values_list("page", flat=True)) == [1, 2]
+
+
+def test_claim_is_won_by_one_caller_only(kb, owner):
+    document = document_create_from_text(kb=kb, actor=owner, title="Otters", text=TEXT)
+    first = ingest.claim(document.pk)
+    second = ingest.claim(document.pk)
+    assert first is not None and second is None
+    assert Document.objects.get(pk=document.pk).attempts == 1
+
+
+def test_a_dead_workers_document_is_reprocessed_once_after_its_lease(kb, owner):
+    document = document_create_from_text(kb=kb, actor=owner, title="Otters", text=TEXT)
+    dead = ingest.claim(document.pk)  # a worker took it and died mid-document
+    assert dead is not None
+    assert ingest.requeue_expired() == []  # the lease still runs: nobody else touches it
+    assert ingest.ingest_document(document.pk) is None
+
+    Document.objects.filter(pk=document.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    requeued = []
+    assert ingest.requeue_expired(enqueue=requeued.append) == [str(document.pk)]
+    for document_id in requeued:
+        assert ingest.ingest_document(document_id) == "ready"
+
+    document.refresh_from_db()
+    assert (document.status, document.attempts) == ("ready", 2)
+    count = Chunk.objects.filter(document=document).count()
+    # a second delivery of the same message, and the revived dead worker, change nothing
+    assert ingest.ingest_document(document.pk) is None
+    assert ingest._mine(dead).exists() is False
+    assert Chunk.objects.filter(document=document).count() == count
+
+
+def test_a_presumed_dead_worker_cannot_overwrite_the_new_owner(kb, owner):
+    document = document_create_from_text(kb=kb, actor=owner, title="Otters", text=TEXT)
+    stale = ingest.claim(document.pk)
+    Document.objects.filter(pk=document.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    fresh = ingest.claim(document.pk)
+    assert fresh is not None and fresh.attempts == 2
+    with pytest.raises(ingest.LeaseLost):
+        ingest._renew(stale)
+    ingest._fail(stale, "ERR_X", "late")  # ignored: not its claim any more
+    assert Document.objects.get(pk=document.pk).status == "processing"
+
+
+def test_too_many_attempts_fail_the_document(kb, owner, settings):
+    settings.KNOWLEDGE_MAX_ATTEMPTS = 2
+    document = document_create_from_text(kb=kb, actor=owner, title="Otters", text=TEXT)
+    Document.objects.filter(pk=document.pk).update(attempts=2)
+    assert ingest.ingest_document(document.pk) == "failed"
+    document.refresh_from_db()
+    assert (document.status, document.error_code) == ("failed", "ERR_TOO_MANY_ATTEMPTS")
+
+
+def test_a_broken_pdf_fails_with_a_code_and_can_be_retried(kb, owner):
+    created = document_create_from_upload(kb=kb, actor=owner, data=b"%PDF-1.4 broken", filename="x.pdf")
+    run_pending_jobs()
+    document = Document.objects.get(pk=created.document.pk)
+    assert document.status == "failed"
+    assert document.error_code in ("ERR_PARSE_FAILED", "ERR_NO_TEXT")
+    assert Job.objects.get(pk=document.job_id).status == "failed"
+    old_job = document.job_id
+
+    retried = document_retry(document=document, actor=owner)
+    assert (retried.status, retried.attempts, retried.error_code) == ("pending", 0, "")
+    assert retried.job_id != old_job
+
+
+def test_retry_of_a_ready_document_is_a_conflict(kb, owner):
+    document = document_create_from_text(kb=kb, actor=owner, title="Otters", text=TEXT)
+    run_pending_jobs()
+    from core.errors import ConflictError
+
+    with pytest.raises(ConflictError):
+        document_retry(document=Document.objects.get(pk=document.pk), actor=owner)
+
+
+def test_the_same_content_twice_is_one_document(kb, owner):
+    first = document_create_from_text(kb=kb, actor=owner, title="Otters", text=TEXT)
+    second = document_create_from_text(kb=kb, actor=owner, title="Otters again", text=TEXT)
+    assert first.pk == second.pk
+    run_pending_jobs()
+    assert Document.objects.filter(kb=kb).count() == 1
+    chunks = Chunk.objects.filter(kb=kb).count()
+    # ingesting the same document again replaces its chunks instead of adding more
+    Document.objects.filter(pk=first.pk).update(status="pending")
+    ingest.ingest_document(first.pk)
+    assert Chunk.objects.filter(kb=kb).count() == chunks
+
+
+def test_the_same_content_in_another_kb_is_its_own_document(kb, owner, org):
+    from knowledge.services.bases import kb_create
+
+    other = kb_create(org=org, actor=owner, name="Other")
+    a = document_create_from_text(kb=kb, actor=owner, title="Otters", text=TEXT)
+    b = document_create_from_text(kb=other, actor=owner, title="Otters", text=TEXT)
+    assert a.pk != b.pk
+
+
+def test_vectors_are_stored_for_the_serving_index(vector_kb, owner):
+    document = document_create_from_text(kb=vector_kb, actor=owner, title="Otters", text=TEXT)
+    run_pending_jobs()
+    document.refresh_from_db()
+    assert document.status == "ready" and document.embedded is True
+    assert ChunkEmbedding.objects.filter(index=vector_kb.active_index).count() == document.chunk_count
+    assert vector_kb.active_index.__class__.objects.get(pk=vector_kb.active_index_id).dimension == 64
+
+
+def test_an_embedding_failure_leaves_the_document_searchable_by_keyword(org, owner, provider):
+    from knowledge.services.bases import kb_create
+
+    kb = kb_create(
+        org=org, actor=owner, name="Down", embedding_backend="provider", embedding_model="fail-500"
+    )
+    document = document_create_from_text(kb=kb, actor=owner, title="Otters", text=TEXT)
+    run_pending_jobs()
+    document.refresh_from_db()
+    assert document.status == "ready" and document.embedded is False
+    assert document.error_code
+    from knowledge.search import run_search
+
+    result = run_search(kb=kb, query="otters sleep", mode="hybrid")
+    assert result.hits and result.hits[0].document_id == document.pk
+
+
+def test_deleting_a_document_removes_chunks_vectors_and_file(kb, owner, django_capture_on_commit_callbacks):
+    created = document_create_from_upload(kb=kb, actor=owner, data=b"hello otters", filename="a.txt")
+    run_pending_jobs()
+    name = created.document.file.name
+    with django_capture_on_commit_callbacks(execute=True):
+        document_delete(document=Document.objects.get(pk=created.document.pk), actor=owner)
+    assert not Chunk.objects.filter(kb=kb).exists()
+    assert not default_storage.exists(name)
+
+
+def test_a_batch_of_documents_is_embedded_together_and_a_bad_one_fails_alone(vector_kb, owner):
+    good = [
+        document_create_from_text(
+            kb=vector_kb, actor=owner, title=f"Doc {i}", text=f"Otters number {i} swim."
+        )
+        for i in range(3)
+    ]
+    bad = document_create_from_upload(
+        kb=vector_kb, actor=owner, data=b"%PDF-1.4 junk", filename="x.pdf"
+    ).document
+    outcomes = ingest.ingest_documents([d.pk for d in good] + [bad.pk])
+    assert [outcomes[str(d.pk)] for d in good] == ["ready"] * 3
+    assert outcomes[str(bad.pk)] == "failed"
+    assert ChunkEmbedding.objects.filter(index=vector_kb.active_index).count() == 3
+    assert all(Document.objects.get(pk=d.pk).embedded for d in good)
+    assert all(Job.objects.get(pk=d.job_id).status == "succeeded" for d in good)

@@ -1,0 +1,224 @@
+"""Search: keyword, vector and hybrid ranking, filters, snippets, the vector cache, and switching
+the embedding model without a moment where search fails."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.errors import ValidationError
+from knowledge.models import IndexVersion, KnowledgeBase
+from knowledge.search import NoVectorIndex, highlight, rrf, run_search, search
+from knowledge.services import ingest
+from knowledge.services.bases import kb_update
+from knowledge.services.documents import document_create_from_text
+
+from .conftest import run_pending_jobs
+
+DOCS = {
+    "Otters": "Sea otters hold hands while they sleep so they do not drift apart in the kelp forest.",
+    "Beavers": "Beavers build dams from branches and mud, changing the course of rivers and streams.",
+    "Volcanoes": "Volcanoes erupt when magma rises through the crust; lava flows cool into basalt rock.",
+    "Bread": "Sourdough bread rises slowly because wild yeast ferments the dough over many hours.",
+}
+
+
+def _fill(kb, owner, docs=DOCS, **metadata):
+    made = {}
+    for title, text in docs.items():
+        made[title] = document_create_from_text(
+            kb=kb, actor=owner, title=title, text=text, metadata={"topic": title.lower(), **metadata}
+        )
+    run_pending_jobs()
+    return made
+
+
+@pytest.mark.parametrize("mode", ["keyword", "hybrid"])
+def test_keyword_and_hybrid_put_the_matching_document_first(kb, owner, mode):
+    docs = _fill(kb, owner)
+    result = run_search(kb=kb, query="why do otters hold hands when sleeping?", mode=mode)
+    assert result.hits[0].document_id == docs["Otters"].pk
+    assert result.mode_used == "keyword"  # no vector index: hybrid answers from keywords
+    scores = [hit.score for hit in result.hits]
+    assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize("mode", ["vector", "hybrid", "keyword"])
+def test_every_mode_ranks_with_vectors(vector_kb, owner, mode):
+    docs = _fill(vector_kb, owner)
+    result = run_search(kb=vector_kb, query="magma lava crust", mode=mode, top_k=3)
+    assert result.hits[0].document_id == docs["Volcanoes"].pk
+    assert result.mode_used == mode
+    if mode != "keyword":
+        assert result.index_version == vector_kb.active_index_id
+        assert result.hits[0].vector_score is not None
+
+
+def test_hybrid_fuses_both_rankings(vector_kb, owner):
+    _fill(vector_kb, owner)
+    hit = run_search(kb=vector_kb, query="beavers build dams", mode="hybrid").hits[0]
+    assert hit.title == "Beavers"
+    assert hit.keyword_rank == 1 and hit.vector_rank == 1
+
+
+def test_vector_mode_without_an_index_is_a_clear_400(kb, owner):
+    _fill(kb, owner)
+    with pytest.raises(NoVectorIndex) as caught:
+        run_search(kb=kb, query="otters", mode="vector")
+    assert caught.value.code == "ERR_NO_VECTOR_INDEX"
+
+
+def test_results_carry_document_chunk_page_title_and_a_highlighted_snippet(kb, owner):
+    docs = _fill(kb, owner)
+    (hit,) = search(kb=kb, query="sourdough", top_k=1)
+    assert hit.document_id == docs["Bread"].pk and hit.chunk_id
+    assert hit.title == "Bread" and hit.metadata["topic"] == "bread"
+    assert "<mark>Sourdough</mark>" in hit.snippet
+
+
+def test_filters_by_document_and_metadata(kb, owner):
+    docs = _fill(kb, owner)
+    only = run_search(kb=kb, query="rises", filters={"document_ids": [str(docs["Bread"].pk)]})
+    assert {h.document_id for h in only.hits} == {docs["Bread"].pk}
+    by_topic = run_search(kb=kb, query="rises", filters={"metadata": {"topic": "volcanoes"}})
+    assert {h.document_id for h in by_topic.hits} == {docs["Volcanoes"].pk}
+    with pytest.raises(ValidationError):
+        run_search(kb=kb, query="rises", filters={"colour": "red"})
+
+
+def test_empty_query_and_bad_mode_are_refused(kb):
+    with pytest.raises(ValidationError):
+        run_search(kb=kb, query="  ")
+    with pytest.raises(ValidationError):
+        run_search(kb=kb, query="x", mode="psychic")
+
+
+def test_new_chunks_reach_the_vector_cache_without_a_rebuild(vector_kb, owner):
+    _fill(vector_kb, owner, {"Otters": DOCS["Otters"]})
+    assert run_search(kb=vector_kb, query="otters", mode="vector").hits
+    document_create_from_text(
+        kb=vector_kb, actor=owner, title="Comets", text="Comets have icy tails of dust."
+    )
+    run_pending_jobs()
+    hits = run_search(kb=vector_kb, query="comets icy tails", mode="vector").hits
+    assert hits[0].title == "Comets"
+
+
+def test_deleted_documents_leave_the_vector_cache(vector_kb, owner):
+    from knowledge.services.documents import document_delete
+
+    docs = _fill(vector_kb, owner)
+    assert run_search(kb=vector_kb, query="sourdough yeast", mode="vector").hits[0].title == "Bread"
+    document_delete(document=docs["Bread"], actor=owner)
+    assert all(
+        h.title != "Bread" for h in run_search(kb=vector_kb, query="sourdough yeast", mode="vector").hits
+    )
+
+
+def test_switching_the_embedding_model_never_leaves_search_without_answers(vector_kb, owner, monkeypatch):
+    _fill(vector_kb, owner)
+    old = vector_kb.active_index_id
+
+    kb_update(kb=vector_kb, actor=owner, embedding_model="fake-embed-v2")
+    vector_kb.refresh_from_db()
+    new = IndexVersion.objects.get(kb=vector_kb, status="building")
+    assert vector_kb.active_index_id == old  # still serving the old version
+
+    seen_during_build = []
+    real = ingest.embed_chunks
+
+    def embed_and_search(**kwargs):
+        # every batch of the build: searches answer, from the old version
+        result = run_search(kb=vector_kb, query="magma lava", mode="vector")
+        seen_during_build.append((result.index_version, result.hits[0].title))
+        return real(**kwargs)
+
+    monkeypatch.setattr(ingest, "embed_chunks", embed_and_search)
+    run_pending_jobs()  # the index build job
+
+    assert seen_during_build and all(seen == (old, "Volcanoes") for seen in seen_during_build)
+    vector_kb.refresh_from_db()
+    assert vector_kb.active_index_id == new.pk
+    assert IndexVersion.objects.get(pk=old).status == "retired"
+    after = run_search(kb=vector_kb, query="magma lava", mode="vector")
+    assert (after.index_version, after.hits[0].title) == (new.pk, "Volcanoes")
+
+
+def test_a_failing_new_model_keeps_the_old_index_serving(vector_kb, owner):
+    _fill(vector_kb, owner)
+    old = vector_kb.active_index_id
+    kb_update(kb=vector_kb, actor=owner, embedding_model="fail-500")
+    run_pending_jobs()
+    vector_kb.refresh_from_db()
+    assert vector_kb.active_index_id == old
+    assert run_search(kb=vector_kb, query="otters", mode="vector").hits
+
+
+def test_turning_embeddings_off_goes_keyword_only(vector_kb, owner):
+    _fill(vector_kb, owner)
+    kb_update(kb=vector_kb, actor=owner, embedding_backend="none")
+    vector_kb.refresh_from_db()
+    assert vector_kb.active_index_id is None and vector_kb.embedding_model == ""
+    assert run_search(kb=vector_kb, query="otters", mode="hybrid").mode_used == "keyword"
+
+
+def test_rrf_weights_and_ranks():
+    fused = rrf([([("a", 1.0), ("b", 0.5)], 1.0), ([("b", 0.9), ("c", 0.1)], 1.0)], k=60)
+    assert [item for item, _, _ in fused] == ["b", "a", "c"]
+    assert fused[0][2] == [2, 1]
+
+
+def test_highlight_escapes_html():
+    snippet = highlight("<b>otters</b> & beavers", ["otters"])
+    assert snippet == "&lt;b&gt;<mark>otters</mark>&lt;/b&gt; &amp; beavers"
+
+
+def test_hidden_kinds_are_searchable_by_their_owners_code(org, owner):
+    from knowledge.services.bases import kb_create
+
+    memory = kb_create(org=org, actor=owner, name="mem", kind=KnowledgeBase.Kind.AGENT_MEMORY)
+    document_create_from_text(kb=memory, actor=owner, title="fact", text="The launch code is banana.")
+    run_pending_jobs()
+    assert search(kb=memory, query="launch code")[0].title == "fact"
+
+
+def test_a_small_kb_beside_a_big_one_still_finds_its_matches(kb, owner, org, monkeypatch):
+    from knowledge.search import keyword
+    from knowledge.services.bases import kb_create
+
+    monkeypatch.setattr(keyword, "OVERFETCH", 1)  # the global top matches all belong to the big KB
+    big = kb_create(org=org, actor=owner, name="Big")
+    for number in range(230):
+        document_create_from_text(
+            kb=big, actor=owner, title=f"b{number}", text=f"otters otters otters {number}"
+        )
+    mine = document_create_from_text(kb=kb, actor=owner, title="Mine", text="a lone otters note")
+    run_pending_jobs()
+    hits = run_search(kb=kb, query="otters", mode="keyword").hits
+    assert [hit.document_id for hit in hits] == [mine.pk]
+    assert len(run_search(kb=big, query="otters", mode="keyword", top_k=5).hits) == 5
+
+
+def test_terms_in_most_chunks_are_dropped_from_big_sqlite_queries():
+    from django.db import connection
+
+    from knowledge.search import keyword
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite FTS5 only")
+
+    class Cursor:
+        def __init__(self):
+            self.answers = []
+
+        def execute(self, sql, params=()):
+            if "max(rowid)" in sql:
+                self.answers.append((10_000,))
+            else:
+                self.answers.append((9_000 if '"the"' in params[0] or '"otters"' in params[0] else 3,))
+
+        def fetchone(self):
+            return self.answers.pop(0)
+
+    assert keyword._informative_terms(Cursor(), ["otters", "kelp"]) == ["kelp"]
+    assert keyword._informative_terms(Cursor(), ["otters", "the"]) in (["otters"], ["the"])
+    assert keyword._informative_terms(Cursor(), ["kelp"]) == ["kelp"]
