@@ -25,6 +25,12 @@ path). It prints p50/p95 of every side and the milliseconds the choke point adds
 
 Targets: at concurrency 1 the choke point adds <= 3 ms to the p50 TTFT; at 20, the added p50 TTFT
 is <= 25 % of the direct path's p50 TTFT. ``--check`` exits 1 when a target is missed.
+
+``--cap`` adds a side ``choke point + cap``: the same calls for a second org with an org-wide spend
+cap (billing's reserve before the call and settle after it, on the database), so the difference of
+the two choke-point sides is what cap enforcement adds to a real streamed call on the server's
+event loop (issue 8's target: <= 3 ms at p50, concurrency 20). ``bench/cap_overhead.py`` measures
+the guard alone with threads hammering it back to back.
 """
 
 from __future__ import annotations
@@ -169,7 +175,7 @@ async def batch(call, total: int, concurrency: int) -> None:
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-async def measure(org, base_url: str, concurrency: int, args) -> list[Side]:
+async def measure(org, base_url: str, concurrency: int, args, cap_org=None) -> list[Side]:
     import httpx
     from openai import AsyncOpenAI
 
@@ -188,11 +194,14 @@ async def measure(org, base_url: str, concurrency: int, args) -> list[Side]:
         "SDK + guard": sdk(guarded_async_client()),
     }
     messages = [{"role": "user", "content": " ".join(f"word{i}" for i in range(args.words))}]
-    sides = {name: Side(name) for name in [*clients, "choke point"]}
+    names = [*clients, "choke point"] + (["choke point + cap"] if cap_org is not None else [])
+    sides = {name: Side(name) for name in names}
 
     def call_for(name):
         if name == "choke point":
             return lambda record: one_choke(org, messages, sides[name], record)
+        if name == "choke point + cap":
+            return lambda record: one_choke(cap_org, messages, sides[name], record)
         return lambda record: one_direct(clients[name], messages, sides[name], record)
 
     calls = {name: call_for(name) for name in sides}
@@ -211,7 +220,9 @@ async def measure(org, base_url: str, concurrency: int, args) -> list[Side]:
 
 
 def report(concurrency: int, sides: list[Side]) -> tuple[float, float]:
-    *bases, choke = sides
+    by_name = {side.name: side for side in sides}
+    choke = by_name["choke point"]
+    bases = [side for side in sides if not side.name.startswith("choke point")]
     direct = bases[0]
     print(f"\nconcurrency {concurrency}: {len(direct.ttft)} streamed requests per side")
     print(f"  {'side':<22} {'TTFT p50':>9} {'TTFT p95':>9} {'total p50':>10} {'total p95':>10}   (ms)")
@@ -227,6 +238,14 @@ def report(concurrency: int, sides: list[Side]) -> tuple[float, float]:
         ]
         label = f"added vs {base.name}"
         print(f"  {label:<22} {added[0]:>9.2f} {added[1]:>9.2f} {added[2]:>10.2f} {added[3]:>10.2f}")
+    capped = by_name.get("choke point + cap")
+    if capped is not None:
+        cap_added = percentile(capped.ttft, 50) - percentile(choke.ttft, 50)
+        total_added = percentile(capped.total, 50) - percentile(choke.total, 50)
+        print(
+            f"  added by cap enforcement: TTFT p50 {cap_added:.2f} ms, total p50 {total_added:.2f} ms "
+            f"(target <= 3 ms: {'met' if cap_added <= 3.0 else 'MISSED'})"
+        )
     return percentile(choke.ttft, 50) - percentile(direct.ttft, 50), percentile(direct.ttft, 50)
 
 
@@ -245,19 +264,26 @@ def main() -> int:
     parser.add_argument(
         "--no-listener", action="store_true", help="register no usage listener (isolates its cost)"
     )
+    parser.add_argument("--cap", action="store_true", help="add a side under an org-wide spend cap")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-llm-"))
     database_url = args.database_url or f"sqlite:///{workdir / 'bench.sqlite3'}"
     fake = None
-    org = None
+    org = cap_org = None
     try:
         fake, base_url = start_fake(workdir)
         setup_django(workdir, database_url, args.redis_url)
         from agents.registries import register_usage_listener
 
         org = create_rows(base_url)
+        if args.cap:
+            from billing.services.caps import usage_cap_policy_create
+
+            cap_org = create_rows(base_url)
+            # Never reached: every call reserves and settles, none is refused.
+            usage_cap_policy_create(org=cap_org, actor=None, name="bench", window="day", max_tokens=10**12)
         events: list[dict] = []
         if not args.no_listener:
             register_usage_listener(events.append)  # billing will listen; its hop is part of the cost
@@ -268,12 +294,12 @@ def main() -> int:
         failed = False
         for level in [int(x) for x in args.concurrency.split(",") if x.strip()]:
             events.clear()
-            sides = asyncio.run(measure(org, base_url, level, args))
+            sides = asyncio.run(measure(org, base_url, level, args, cap_org=cap_org))
             added_ttft, direct_ttft = report(level, sides)
-            choke = sides[-1]
-            warm = 2 * level
+            calls = sum(len(side.ttft) for side in sides if side.name.startswith("choke point"))
+            warm = 2 * level * (2 if cap_org is not None else 1)
             if not args.no_listener:
-                assert len(events) == len(choke.ttft) + warm, "one usage event per call"  # noqa: S101
+                assert len(events) == calls + warm, "one usage event per call"  # noqa: S101
             if level == 1:
                 ok = added_ttft <= 3.0
                 verdict = "met" if ok else "MISSED"
@@ -286,11 +312,13 @@ def main() -> int:
                     f"{added_ttft:.2f} ms ({'met' if ok else 'MISSED'})"
                 )
             failed = failed or not ok
-            print(f"  usage events: {len(events)} for {len(choke.ttft) + warm} choke-point calls")
+            print(f"  usage events: {len(events)} for {calls + warm} choke-point calls")
         return 1 if args.check and failed else 0
     finally:
-        if org is not None and args.database_url:  # leave a shared database as we found it
-            org.delete()
+        if args.database_url:  # leave a shared database as we found it
+            for row in (org, cap_org):
+                if row is not None:
+                    row.delete()
         if fake is not None:
             fake.terminate()
             fake.wait(timeout=10)
