@@ -25,11 +25,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from harness import manage, server_env, start_daphne, stop
 
-BASE_DIR = Path(__file__).resolve().parent.parent
 PING = "/api/v1/api-keys/ping"
 TARGET = 0.8
 
@@ -77,85 +74,6 @@ class Side:
     @property
     def rps(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def server_env(workdir: Path, database_url: str, redis_url: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE")
-    }
-    env.update(
-        DJANGO_SETTINGS_MODULE="config.settings.base",
-        DATABASE_URL=database_url,
-        VAR_DIR=str(workdir / "var"),
-        SECRET_KEY=secrets.token_urlsafe(50),
-        DEBUG="false",
-        LOG_LEVEL="WARNING",
-        RATE_LIMIT_KEY="100000000/minute",
-        RATE_LIMIT_USER="100000000/minute",
-        RATE_LIMIT_ANON="100000000/minute",
-        PYTHONUNBUFFERED="1",
-    )
-
-    if redis_url:
-        env["REDIS_URL"] = redis_url
-    return env
-
-
-def manage(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=BASE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if result.returncode != 0:
-        sys.exit(f"manage.py {args[0]} failed:\n{result.stdout}\n{result.stderr}")
-    return result.stdout
-
-
-def start_daphne(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
-            cwd=BASE_DIR,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"daphne exited ({process.returncode}):\n{log_path.read_text(errors='replace')}")
-        try:
-            if httpx.get(f"{base_url}/ready", timeout=2).status_code == 200:
-                return process, base_url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    sys.exit(f"daphne was not ready within 60 s:\n{log_path.read_text(errors='replace')}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 async def run_batch(base_url: str, side: Side, total: int, concurrency: int, record: bool) -> float:
@@ -233,7 +151,14 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-auth-"))
     database_url = args.database_url or f"sqlite:///{workdir / 'bench.sqlite3'}"
-    env = server_env(workdir, database_url, args.redis_url)
+    env = server_env(
+        workdir,
+        database_url,
+        args.redis_url,
+        RATE_LIMIT_KEY="100000000/minute",
+        RATE_LIMIT_USER="100000000/minute",
+        RATE_LIMIT_ANON="100000000/minute",
+    )
     engine = database_url.split(":", 1)[0]
     process = None
     ids: tuple[str, str] | None = None

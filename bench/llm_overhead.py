@@ -40,14 +40,14 @@ import asyncio
 import os
 import secrets
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from harness import start_fake
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 MODEL = "fake-model-1"
@@ -60,34 +60,6 @@ class Side:
     name: str
     ttft: list[float] = field(default_factory=list)
     total: list[float] = field(default_factory=list)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_fake(workdir: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    log = (workdir / "fake.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, str(BASE_DIR / "tests" / "fakes" / "openai_upstream.py"), str(port)],
-        cwd=BASE_DIR,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"the fake upstream exited ({process.returncode})")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return process, f"http://127.0.0.1:{port}/v1"
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    sys.exit("the fake upstream did not start within 20 s")
 
 
 def setup_django(workdir: Path, database_url: str, redis_url: str) -> None:
@@ -273,7 +245,7 @@ def main() -> int:
     fake = None
     org = cap_org = None
     try:
-        fake, base_url = start_fake(workdir)
+        fake, base_url = start_fake(workdir, timeout=20)
         setup_django(workdir, database_url, args.redis_url)
         from agents.registries import register_usage_listener
 

@@ -32,11 +32,8 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,8 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from harness import manage, server_env, start_daphne, start_fake, stop
 
-BASE_DIR = Path(__file__).resolve().parent.parent
 TARGETS = {1: 1.5, 20: 1.5, 200: 2.0}
 MIN_ADDED_MS = 1.0  # an added TTFT under this counts as met whatever the ratio (timer noise)
 
@@ -93,112 +90,6 @@ class Side:
     body: dict
     kind: str = "openai"  # "openai" (chat.completion.chunk lines) or "platform" (/api/v1/chat events)
     levels: dict[int, Batch] = field(default_factory=dict)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, process: subprocess.Popen, what: str, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"{what} exited ({process.returncode}):\n{log.read_text(errors='replace')}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    sys.exit(f"{what} did not listen within 60 s")
-
-
-def start_fake(workdir: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    log = workdir / "fake.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, str(BASE_DIR / "tests" / "fakes" / "openai_upstream.py"), str(port)],
-            cwd=BASE_DIR,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    wait_port(port, process, "the fake upstream", log)
-    return process, f"http://127.0.0.1:{port}/v1"
-
-
-def server_env(workdir: Path, database_url: str, redis_url: str, upstream: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE")
-    }
-    env.update(
-        DJANGO_SETTINGS_MODULE="config.settings.base",
-        DATABASE_URL=database_url,
-        VAR_DIR=str(workdir / "var"),
-        SECRET_KEY=secrets.token_urlsafe(50),
-        DEBUG="false",
-        LOG_LEVEL="WARNING",
-        RATE_LIMIT_KEY="100000000/minute",
-        RATE_LIMIT_USER="100000000/minute",
-        RATE_LIMIT_ANON="100000000/minute",
-        OUTBOUND_ALLOWED_HOSTS="127.0.0.1",
-        BENCH_RELAY_UPSTREAM=upstream,
-        PYTHONUNBUFFERED="1",
-    )
-    if redis_url:
-        env["REDIS_URL"] = redis_url
-    return env
-
-
-def manage(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=BASE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if result.returncode != 0:
-        sys.exit(f"manage.py {args[0]} failed:\n{result.stdout}\n{result.stderr}")
-    return result.stdout
-
-
-def start_daphne(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
-    """Daphne as the Procfile's ``web`` runs it (access log off)."""
-    port = free_port()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "--access-log", os.devnull, "-b", "127.0.0.1", "-p", str(port),
-             "config.asgi:application"],
-            cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"daphne exited ({process.returncode}):\n{log_path.read_text(errors='replace')}")
-        try:
-            if httpx.get(f"{base_url}/ready", timeout=2).status_code == 200:
-                return process, base_url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    sys.exit(f"daphne was not ready within 60 s:\n{log_path.read_text(errors='replace')}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def rss_bytes(pid: int) -> int:
@@ -377,17 +268,26 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
     database_url = args.database_url or f"sqlite:///{workdir / 'bench.sqlite3'}"
     fake, upstream = start_fake(workdir)
-    env = server_env(workdir, database_url, args.redis_url, upstream)
+    env = server_env(
+        workdir,
+        database_url,
+        args.redis_url,
+        RATE_LIMIT_KEY="100000000/minute",
+        RATE_LIMIT_USER="100000000/minute",
+        RATE_LIMIT_ANON="100000000/minute",
+        OUTBOUND_ALLOWED_HOSTS="127.0.0.1",
+        BENCH_RELAY_UPSTREAM=upstream,
+    )
     process = None
     ids: tuple[str, str] | None = None
     try:
         engine = database_url.split(":", 1)[0]
         print(f"database: {engine}; cache/channels: {'redis' if args.redis_url else 'in memory'}; {workdir}")
-        manage(env, "migrate", "--noinput")
-        output = manage(env, "shell", "-c", SETUP_SCRIPT.replace("{upstream}", upstream))
+        manage(env, "migrate", "--noinput", timeout=600)
+        output = manage(env, "shell", "-c", SETUP_SCRIPT.replace("{upstream}", upstream), timeout=600)
         _, raw_key, org_id, user_id = next(x for x in output.splitlines() if x.startswith("BENCH ")).split()
         ids = (org_id, user_id)
-        process, base_url = start_daphne(env, workdir / "daphne.log")
+        process, base_url = start_daphne(env, workdir / "daphne.log", access_log=False)
         prompt = " ".join(f"w{i}" for i in range(args.words - 1))  # "echo:" + words-1 = words deltas
         messages = [{"role": "user", "content": prompt}]
         auth = {"Authorization": f"Bearer {raw_key}"}
@@ -427,7 +327,7 @@ def main() -> int:
             stop(process)
         stop(fake)
         if ids is not None and args.database_url:  # leave a shared database as we found it
-            manage(env, "shell", "-c", TEARDOWN_SCRIPT.format(org=ids[0], user=ids[1]))
+            manage(env, "shell", "-c", TEARDOWN_SCRIPT.format(org=ids[0], user=ids[1]), timeout=600)
         if args.keep:
             print(f"kept {workdir}")
         else:

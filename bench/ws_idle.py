@@ -24,19 +24,15 @@ import asyncio
 import json
 import os
 import resource
-import secrets
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
+from harness import manage, server_env, start_daphne, stop
 from websockets.asyncio.client import connect
 
-BASE_DIR = Path(__file__).resolve().parent.parent
 TARGET_KB = 100
 
 SETUP_SCRIPT = """
@@ -58,12 +54,6 @@ User.objects.filter(pk="{user}").delete()
 """
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def raise_fd_limit(needed: int) -> int:
     """Raise the soft limit on open files to the hard limit; children (Daphne) inherit it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -74,75 +64,6 @@ def raise_fd_limit(needed: int) -> int:
     if soft < needed:
         sys.exit(f"the open-files limit is {soft}; {needed} are needed (raise `ulimit -Hn`)")
     return soft
-
-
-def server_env(workdir: Path, database_url: str, redis_url: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE")
-    }
-    env.update(
-        DJANGO_SETTINGS_MODULE="config.settings.base",
-        DATABASE_URL=database_url,
-        VAR_DIR=str(workdir / "var"),
-        SECRET_KEY=secrets.token_urlsafe(50),
-        DEBUG="false",
-        LOG_LEVEL="WARNING",
-        PYTHONUNBUFFERED="1",
-    )
-    if redis_url:
-        env["REDIS_URL"] = redis_url
-    return env
-
-
-def manage(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=BASE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if result.returncode != 0:
-        sys.exit(f"manage.py {args[0]} failed:\n{result.stdout}\n{result.stderr}")
-    return result.stdout
-
-
-def start_daphne(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
-            cwd=BASE_DIR,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"daphne exited ({process.returncode}):\n{log_path.read_text(errors='replace')}")
-        try:
-            if httpx.get(f"{base_url}/ready", timeout=2).status_code == 200:
-                return process, base_url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    sys.exit(f"daphne was not ready within 60 s:\n{log_path.read_text(errors='replace')}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
 
 
 def rss_kb(pid: int) -> int:

@@ -1,0 +1,128 @@
+"""What the benchmark scripts share: free ports, the environment of a server started the way
+`make run` starts it, `manage.py` calls, Daphne and the fake upstream as subprocesses, and
+stopping them. Scripts run as ``python bench/<name>.py``, so they import this as ``harness``."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env(workdir: Path, database_url: str, redis_url: str, **extra: str) -> dict[str, str]:
+    """The production settings on ``database_url`` (and ``redis_url`` when given), with the
+    caller's ``extra`` variables; the caller's own DATABASE_URL/REDIS_URL never leak in."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "DJANGO_SETTINGS_MODULE")
+    }
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings.base",
+        DATABASE_URL=database_url,
+        VAR_DIR=str(workdir / "var"),
+        SECRET_KEY=secrets.token_urlsafe(50),
+        DEBUG="false",
+        LOG_LEVEL="WARNING",
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    return env
+
+
+def manage(env: dict[str, str], *args: str, timeout: float = 300) -> str:
+    """``manage.py <args>`` in a subprocess; exits the script with its output when it fails."""
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if result.returncode != 0:
+        sys.exit(f"manage.py {args[0]} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def start_daphne(
+    env: dict[str, str], log_path: Path, *, access_log: bool = True
+) -> tuple[subprocess.Popen, str]:
+    """Daphne on a free port, once ``/ready`` answers 200; ``access_log=False`` runs it as the
+    Procfile's ``web`` does."""
+    port = free_port()
+    quiet = [] if access_log else ["--access-log", os.devnull]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "daphne", *quiet, "-b", "127.0.0.1", "-p", str(port),
+             "config.asgi:application"],
+            cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"daphne exited ({process.returncode}):\n{log_path.read_text(errors='replace')}")
+        try:
+            if httpx.get(f"{base_url}/ready", timeout=2).status_code == 200:
+                return process, base_url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    sys.exit(f"daphne was not ready within 60 s:\n{log_path.read_text(errors='replace')}")
+
+
+def wait_port(port: int, process: subprocess.Popen, what: str, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"{what} exited ({process.returncode}):\n{log.read_text(errors='replace')}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    sys.exit(f"{what} did not listen within {timeout:.0f} s")
+
+
+def start_fake(workdir: Path, timeout: float = 60) -> tuple[subprocess.Popen, str]:
+    """The fake OpenAI-compatible upstream (tests/fakes/openai_upstream.py); returns its /v1 URL."""
+    port = free_port()
+    log = workdir / "fake.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, str(BASE_DIR / "tests" / "fakes" / "openai_upstream.py"), str(port)],
+            cwd=BASE_DIR,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    wait_port(port, process, "the fake upstream", log, timeout)
+    return process, f"http://127.0.0.1:{port}/v1"
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
