@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from harness import manage, server_env, start_daphne, stop
+from harness import manage, percentile, server_env, start_daphne, stop
 
 PING = "/api/v1/api-keys/ping"
 TARGET = 0.8
@@ -107,11 +107,6 @@ async def run_batch(base_url: str, side: Side, total: int, concurrency: int, rec
         side.seconds += elapsed
         side.per_round.append(total / elapsed)
     return elapsed
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))] * 1000
 
 
 async def measure(base_url: str, raw_key: str, args) -> tuple[Side, Side, int]:

@@ -126,3 +126,11 @@ def stop(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """The ``pct`` percentile of durations in seconds, in milliseconds (nan for no values)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))] * 1000

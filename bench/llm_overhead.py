@@ -47,7 +47,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import start_fake
+from harness import percentile, start_fake
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 MODEL = "fake-model-1"
@@ -95,11 +95,6 @@ def create_rows(base_url: str):
     org = Organization.objects.create(name=f"LLM bench {suffix}", slug=f"llm-bench-{suffix}")
     Provider.objects.create(org=org, name="fake", api_base=base_url, api_key=f"sk-bench-{suffix}")
     return org
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))] * 1000
 
 
 async def one_direct(client, messages, side: Side, record: bool) -> None:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from harness import manage, server_env, start_daphne, start_fake, stop
+from harness import manage, percentile, server_env, start_daphne, start_fake, stop
 
 TARGETS = {1: 1.5, 20: 1.5, 200: 2.0}
 MIN_ADDED_MS = 1.0  # an added TTFT under this counts as met whatever the ratio (timer noise)
@@ -98,13 +98,6 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
-
-
-def percentile(values: list[float], pct: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))] * 1000
 
 
 # --- one stream --------------------------------------------------------------------------------
