@@ -13,19 +13,41 @@ LLMGuard = tuple[Callable[[dict], Any], Callable[[dict, dict | None, Any], None]
 UsageListener = Callable[[dict], None]
 
 _guards: list[LLMGuard] = []
+_guard_applies: dict[Callable[[dict], Any], Callable[[dict], bool | None]] = {}
 _usage_listeners: list[UsageListener] = []
 
 
 def register_llm_guard(
-    before: Callable[[dict], Any], after: Callable[[dict, dict | None, Any], None]
+    before: Callable[[dict], Any],
+    after: Callable[[dict, dict | None, Any], None],
+    *,
+    applies: Callable[[dict], bool | None] | None = None,
 ) -> None:
-    """Run ``before`` ahead of every LLM call and ``after`` once it has ended (success or not)."""
+    """Run ``before`` ahead of every LLM call and ``after`` once it has ended (success or not).
+
+    ``applies(call)``, if given, answers from memory (no I/O: it runs on the event loop) whether
+    the guard has anything to do for this call: False skips the guard, sparing the call a trip to
+    a database thread; True or None (cannot tell) runs it.
+    """
     if (before, after) not in _guards:
         _guards.append((before, after))
+    if applies is not None:
+        _guard_applies[before] = applies
 
 
 def llm_guards() -> list[LLMGuard]:
     return list(_guards)
+
+
+def llm_guards_for(call: dict) -> list[LLMGuard]:
+    """The guards that may have something to do for ``call`` (see ``register_llm_guard``)."""
+    guards = []
+    for guard in _guards:
+        applies = _guard_applies.get(guard[0])
+        if applies is not None and applies(call) is False:
+            continue
+        guards.append(guard)
+    return guards
 
 
 def register_usage_listener(listener: UsageListener) -> UsageListener:

@@ -60,6 +60,8 @@ class Side:
     name: str
     ttft: list[float] = field(default_factory=list)
     total: list[float] = field(default_factory=list)
+    cpu: float = 0.0  # process CPU seconds (every thread) spent on its measured batches
+    calls: int = 0
 
 
 def setup_django(workdir: Path, database_url: str, redis_url: str) -> None:
@@ -180,7 +182,10 @@ async def measure(org, base_url: str, concurrency: int, args, cap_org=None) -> l
     for round_no in range(args.rounds):
         shift = round_no % len(order)
         for name in order[shift:] + order[:shift]:  # rotate who goes first
+            cpu_before = time.process_time()
             await batch(lambda name=name: calls[name](True), per_round, concurrency)
+            sides[name].cpu += time.process_time() - cpu_before
+            sides[name].calls += per_round
     for client in clients.values():
         await client.close()
     return list(sides.values())
@@ -192,11 +197,15 @@ def report(concurrency: int, sides: list[Side]) -> tuple[float, float]:
     bases = [side for side in sides if not side.name.startswith("choke point")]
     direct = bases[0]
     print(f"\nconcurrency {concurrency}: {len(direct.ttft)} streamed requests per side")
-    print(f"  {'side':<22} {'TTFT p50':>9} {'TTFT p95':>9} {'total p50':>10} {'total p95':>10}   (ms)")
+    print(
+        f"  {'side':<22} {'TTFT p50':>9} {'TTFT p95':>9} {'total p50':>10} {'total p95':>10} "
+        f"{'CPU/call':>9}   (ms)"
+    )
     for side in sides:
         print(
             f"  {side.name:<22} {percentile(side.ttft, 50):>9.2f} {percentile(side.ttft, 95):>9.2f} "
-            f"{percentile(side.total, 50):>10.2f} {percentile(side.total, 95):>10.2f}"
+            f"{percentile(side.total, 50):>10.2f} {percentile(side.total, 95):>10.2f} "
+            f"{1000 * side.cpu / max(1, side.calls):>9.2f}"
         )
     for base in bases:
         added = [

@@ -47,7 +47,7 @@ from typing import Any
 
 import httpx
 import openai
-from asgiref.sync import AsyncToSync, async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.core.cache import cache
 from django.db.models import Case, DateTimeField, F, Value, When
@@ -57,8 +57,10 @@ from agents.llm import resolve
 from agents.llm.client import ResolvedProvider, make_client
 from agents.llm.errors import ProviderAuthError, ProviderBadRequest, ProviderUnavailable
 from agents.models import Provider
-from agents.registries import llm_guards, usage_listeners
+from agents.registries import llm_guards_for, usage_listeners
 from core import context as request_context
+from core.db_threads import on_short_lived_loop as _on_short_lived_loop
+from core.db_threads import run_db
 from core.errors import ApplicationError
 from core.metrics import LLM_TOKENS
 from core.outbound import OutboundBlocked
@@ -272,10 +274,9 @@ def _client(provider: ResolvedProvider) -> openai.AsyncOpenAI:
 
 
 def on_short_lived_loop() -> bool:
-    """True inside a loop that ``async_to_sync`` made for one call (a Celery task, a test, a sync
-    view under WSGI); False on a server's own loop, which ``async_to_sync`` reuses from the
-    threads of ASGI sync views. Clients of a short-lived loop must be closed before it ends."""
-    return asyncio.get_running_loop() in AsyncToSync.loop_thread_executors
+    """See :func:`core.db_threads.on_short_lived_loop`; clients of a short-lived loop must be
+    closed before it ends."""
+    return _on_short_lived_loop()
 
 
 async def aclose_clients() -> None:
@@ -515,10 +516,10 @@ class _Call:
         return event
 
     async def before(self, call: dict) -> list[tuple[Any, Any]]:
-        guards = llm_guards()
+        guards = llm_guards_for(call)
         if not guards:
             return []
-        return await sync_to_async(_run_before)(guards, call)
+        return await run_db(_run_before, guards, call)
 
     async def settle(
         self,
@@ -560,7 +561,8 @@ class _Call:
                 if (acc is not None and (usage["prompt_tokens"] or usage["completion_tokens"]))
                 else None
             )
-            await sync_to_async(_settle_sync)(
+            await run_db(
+                _settle_sync,
                 call=call,
                 reservations=reservations,
                 usage=guard_usage,
@@ -581,8 +583,8 @@ class _Call:
         listeners = usage_listeners()
         if listeners:
             event = self.event(provider, self.usage_of(None), error.code)
-            await sync_to_async(_settle_sync)(
-                call={}, reservations=[], usage=None, listeners=listeners, event=event,
+            await run_db(
+                _settle_sync, call={}, reservations=[], usage=None, listeners=listeners, event=event,
                 health=None, candidate=None, failure=None, org_id=self.org.pk,
             )  # fmt: skip
 

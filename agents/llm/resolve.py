@@ -29,7 +29,6 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
@@ -38,6 +37,7 @@ from django.utils import timezone
 from agents.llm.client import ResolvedProvider, parse_headers
 from agents.llm.errors import NoProviderError
 from agents.models import OrgAIConfig, PersonalAIConfig, Provider
+from core.db_threads import run_db
 
 DEFAULT_MODEL = "gpt-4o-mini"
 
@@ -259,7 +259,7 @@ async def aresolve_candidates(
         if personal is None:
             org_snapshot = None  # one trip to the database for both
     if org_snapshot is None:
-        return await sync_to_async(resolve_candidates)(org=org, user=user, agent=agent, model=model)
+        return await run_db(resolve_candidates, org=org, user=user, agent=agent, model=model)
     return _assemble(
         org_snapshot=org_snapshot,
         personal=personal,

@@ -39,7 +39,14 @@ from billing.models import (
     UsageRecord,
     UsageReservation,
 )
-from billing.selectors.state import OrgState, PolicyView, invalidate_org_state, org_state, price_for
+from billing.selectors.state import (
+    OrgState,
+    PolicyView,
+    invalidate_org_state,
+    org_state,
+    org_state_if_local,
+    price_for,
+)
 from billing.services import hotpath
 from billing.services.usage import _uuid, window_bounds
 from core.errors import ApplicationError, ConflictError, ValidationError
@@ -272,6 +279,17 @@ def _cap_error(
     )
 
 
+def usage_guard_applies(call: dict[str, Any]) -> bool | None:
+    """The guard's ``applies``: False when the org's state, held in memory, has nothing to enforce
+    on this call (the common org without caps or credits); None when the state is not in memory."""
+    state = org_state_if_local(call["org_id"])
+    if state is None:
+        return None
+    if not state.enforces:
+        return False
+    return state.credit_billing or any(policy_matches(p, call) for p in state.policies)
+
+
 def usage_reserve(call: dict[str, Any], *, state: OrgState | None = None) -> dict[str, Any] | None:
     """The guard's ``before``: hold the call's worst case on every matching cap (and on credits)."""
     org_id = call["org_id"]
@@ -312,6 +330,10 @@ def usage_reserve(call: dict[str, Any], *, state: OrgState | None = None) -> dic
     cost = price.cost_micros(prompt, output) if price is not None else 0
     credit = cost * int(getattr(settings, "CREDITS_PER_USD", 100)) if state.credit_billing else 0
     now = timezone.now()
+    if matching and not credit and connection.vendor == "postgresql":
+        fast = _pg_reserve(org_id, call, matching, tokens, cost, now, price)
+        if fast is not None:
+            return fast
     try:
         with transaction.atomic():
             reservation = _reserve_locked(org_id, call, matching, tokens, cost, credit, now)
@@ -340,6 +362,34 @@ def usage_reserve(call: dict[str, Any], *, state: OrgState | None = None) -> dic
             "cost": reservation.cost_micros,
             "credit": reservation.credit_micros,
         },
+    }
+
+
+def _pg_reserve(
+    org_id: str, call: dict, matching: list[PolicyView], tokens: int, cost: int, now: datetime, price: Any
+) -> dict[str, Any] | None:
+    """The one-statement reserve (``hotpath.pg_reserve``); None sends the call the general way."""
+    reservation_id = uuid.uuid4()
+    outcome, counter_ids = hotpath.pg_reserve(
+        reservation_id=reservation_id,
+        org_id=org_id,
+        policies=[(p.id, window_bounds(p.window, now)[0], p.max_tokens, p.max_cost_micros) for p in matching],
+        tokens=tokens,
+        cost=cost,
+        call=call,
+        now=now,
+        expires_at=now + timedelta(seconds=int(getattr(settings, "USAGE_CAP_RESERVATION_SECONDS", 900))),
+        log_allowed=bool(getattr(settings, "USAGE_CAP_LOG_ALLOWED", True)),
+        async_commit=bool(getattr(settings, "USAGE_CAP_ASYNC_COMMIT", True)),
+        prep_uuid=_uuid,
+    )
+    if outcome != "ok":
+        return None
+    return {
+        "id": str(reservation_id),
+        "org_id": org_id,
+        "price": (str(price.input), str(price.output)) if price is not None else None,
+        "held": {"counter_ids": counter_ids, "tokens": tokens, "cost": cost, "credit": 0},
     }
 
 
@@ -455,9 +505,20 @@ def usage_settle(
         cost = Price(input=Decimal(raw_in), output=Decimal(raw_out)).cost_micros(prompt, completion)
     else:
         cost = 0
-    reservation_settle(
-        reservation_id=reservation["id"], tokens=tokens, cost_micros=cost, held=reservation.get("held")
-    )
+    held = reservation.get("held")
+    if held and not held.get("credit") and connection.vendor == "postgresql":
+        hotpath.pg_settle(
+            reservation_id=reservation["id"],
+            counter_ids=held.get("counter_ids") or [],
+            tokens=tokens,
+            cost=cost,
+            held_tokens=held["tokens"],
+            held_cost=held["cost"],
+            now=timezone.now(),
+            async_commit=bool(getattr(settings, "USAGE_CAP_ASYNC_COMMIT", True)),
+        )
+        return
+    reservation_settle(reservation_id=reservation["id"], tokens=tokens, cost_micros=cost, held=held)
 
 
 @transaction.atomic

@@ -8,6 +8,7 @@ the ORM would on PostgreSQL and SQLite alike). Everything else in billing uses t
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -16,7 +17,7 @@ from typing import Any
 from django.db import connection
 from django.db.models import Model
 
-from billing.models import UsageCapCounter, UsageReservation
+from billing.models import UsageCapCounter, UsageCapEvent, UsageReservation
 
 
 def _prep(model: type[Model], name: str, value: Any) -> Any:
@@ -107,3 +108,174 @@ def reservation_move(reservation_id: str, *, from_status: str, to_status: str, n
             ],
         )
         return cursor.rowcount == 1
+
+
+# --- PostgreSQL: reserve and settle in one statement each ---------------------------------------
+#
+# On PostgreSQL the whole reserve (lock the counters in id order, check every cap, add the hold,
+# insert the reservation and the "allow" event) is ONE statement in its own transaction, and so is
+# the settle: one round trip and no Python between the lock and the commit, so a shared cap's row
+# is locked for microseconds. ``set_config('synchronous_commit', 'off', true)`` is the statement's
+# own ``SET LOCAL`` (see caps._fast_commit). Anything unusual (a counter not created yet, a cap that
+# refuses, credits) goes the general way in caps.py, which also names the refusing cap.
+
+_RESERVE_SQL = """
+WITH req AS (
+    SELECT * FROM unnest(%(policy_ids)s::uuid[], %(window_starts)s::timestamptz[],
+                         %(max_tokens)s::bigint[], %(max_costs)s::bigint[])
+        AS r(policy_id, window_start, max_tokens, max_cost)
+), locked AS (
+    SELECT c.id, c.used_tokens + c.reserved_tokens AS t, c.used_cost_micros + c.reserved_cost_micros AS m,
+           r.max_tokens, r.max_cost
+    FROM {counter} c JOIN req r ON c.policy_id = r.policy_id AND c.window_start = r.window_start
+    ORDER BY c.id
+    FOR UPDATE OF c
+), verdict AS (
+    SELECT count(*) AS n,
+           coalesce(bool_and((max_tokens IS NULL OR t + %(tokens)s <= max_tokens)
+                             AND (max_cost IS NULL OR m + %(cost)s <= max_cost)), true) AS fits,
+           coalesce(jsonb_agg(id ORDER BY id), '[]'::jsonb) AS ids
+    FROM locked
+), go AS (
+    SELECT ids FROM verdict WHERE n = %(n)s AND fits
+), upd AS (
+    UPDATE {counter} SET reserved_tokens = reserved_tokens + %(tokens)s,
+                         reserved_cost_micros = reserved_cost_micros + %(cost)s, updated_at = %(now)s
+    WHERE id IN (SELECT id FROM locked) AND EXISTS (SELECT 1 FROM go)
+    RETURNING 1
+), res AS (
+    INSERT INTO {reservation} (id, org_id, status, counter_ids, tokens, cost_micros, credit_micros,
+                               model, provider_type, request_id, created_at, expires_at)
+    SELECT %(id)s, %(org_id)s, 'held', ids, %(tokens)s, %(cost)s, 0, %(model)s, %(provider_type)s,
+           %(request_id)s, %(now)s, %(expires_at)s
+    FROM go
+    RETURNING 1
+), ev AS (
+    INSERT INTO {event} (org_id, policy_id, decision, reason, model, agent_id, user_id, api_key_id,
+                         tokens, cost_micros, created_at)
+    SELECT %(org_id)s, %(event_policy_id)s, 'allow', 'reserved', %(model)s, %(agent_id)s, %(user_id)s,
+           %(api_key_id)s, %(tokens)s, %(cost)s, %(now)s
+    FROM go WHERE %(log_allowed)s
+    RETURNING 1
+)
+SELECT v.n, v.fits, v.ids, (SELECT count(*) FROM res), {commit_mode} FROM verdict v
+"""
+
+_SETTLE_SQL = """
+WITH prev AS (
+    SELECT id, status FROM {reservation}
+    WHERE id = %(id)s AND status IN ('held', 'expired')
+    FOR UPDATE
+), moved AS (
+    UPDATE {reservation} r SET status = 'settled', settled_at = %(now)s
+    FROM prev WHERE r.id = prev.id
+    RETURNING prev.status AS old
+), locked AS (
+    SELECT id FROM {counter}
+    WHERE id = ANY(%(counter_ids)s::bigint[]) AND EXISTS (SELECT 1 FROM prev)
+    ORDER BY id
+    FOR UPDATE
+), upd AS (
+    UPDATE {counter} SET
+        used_tokens = used_tokens + %(tokens)s,
+        used_cost_micros = used_cost_micros + %(cost)s,
+        reserved_tokens = reserved_tokens
+            - CASE WHEN (SELECT old FROM moved) = 'held' THEN %(held_tokens)s ELSE 0 END,
+        reserved_cost_micros = reserved_cost_micros
+            - CASE WHEN (SELECT old FROM moved) = 'held' THEN %(held_cost)s ELSE 0 END,
+        updated_at = %(now)s
+    WHERE id IN (SELECT id FROM locked)
+    RETURNING 1
+)
+SELECT (SELECT old FROM moved), (SELECT count(*) FROM upd), {commit_mode}
+"""
+
+
+def _commit_mode(async_commit: bool) -> str:
+    return "set_config('synchronous_commit', 'off', true)" if async_commit else "NULL"
+
+
+def pg_reserve(
+    *,
+    reservation_id: uuid.UUID,
+    org_id: Any,
+    policies: Sequence[tuple[str, datetime, int | None, int | None]],
+    tokens: int,
+    cost: int,
+    call: dict[str, Any],
+    now: datetime,
+    expires_at: datetime,
+    log_allowed: bool,
+    async_commit: bool,
+    prep_uuid: Any,
+) -> tuple[str, list[int]]:
+    """Reserve on the counters of ``policies`` (``(policy_id, window_start, max_tokens, max_cost)``,
+    highest priority first) in one statement. Returns ``("ok", counter_ids)``; ``("missing", [])``
+    when a counter does not exist yet; ``("refused", [])`` when a cap does not fit (nothing held)."""
+    sql = _RESERVE_SQL.format(
+        counter=UsageCapCounter._meta.db_table,
+        reservation=UsageReservation._meta.db_table,
+        event=UsageCapEvent._meta.db_table,
+        commit_mode=_commit_mode(async_commit),
+    )
+    params = {
+        "policy_ids": [uuid.UUID(str(p[0])) for p in policies],
+        "window_starts": [p[1] for p in policies],
+        "max_tokens": [p[2] for p in policies],
+        "max_costs": [p[3] for p in policies],
+        "n": len(policies),
+        "tokens": tokens,
+        "cost": cost,
+        "now": now,
+        "expires_at": expires_at,
+        "id": reservation_id,
+        "org_id": uuid.UUID(str(org_id)),
+        "model": str(call.get("model") or "")[:200],
+        "provider_type": str(call.get("provider_type") or "")[:32],
+        "request_id": str(call.get("request_id") or "")[:128],
+        "event_policy_id": uuid.UUID(str(policies[0][0])),
+        "agent_id": prep_uuid(call.get("agent_id")),
+        "user_id": prep_uuid(call.get("user_id")),
+        "api_key_id": prep_uuid(call.get("api_key_id")),
+        "log_allowed": log_allowed,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        n, fits, ids, inserted, _ = cursor.fetchone()
+    if n < len(policies):
+        return "missing", []
+    if not fits or not inserted:
+        return "refused", []
+    return "ok", sorted(int(i) for i in (json.loads(ids) if isinstance(ids, str) else ids))
+
+
+def pg_settle(
+    *,
+    reservation_id: str,
+    counter_ids: Sequence[int],
+    tokens: int,
+    cost: int,
+    held_tokens: int,
+    held_cost: int,
+    now: datetime,
+    async_commit: bool,
+) -> bool:
+    """Settle a reservation without credits in one statement; False when it was settled already."""
+    sql = _SETTLE_SQL.format(
+        counter=UsageCapCounter._meta.db_table,
+        reservation=UsageReservation._meta.db_table,
+        commit_mode=_commit_mode(async_commit),
+    )
+    params = {
+        "id": uuid.UUID(str(reservation_id)),
+        "counter_ids": sorted(int(i) for i in counter_ids),
+        "tokens": tokens,
+        "cost": cost,
+        "held_tokens": held_tokens,
+        "held_cost": held_cost,
+        "now": now,
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        old, _, _ = cursor.fetchone()
+    return old is not None

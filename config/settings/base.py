@@ -139,6 +139,9 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     _pg_options.setdefault("connect_timeout", DB_CONNECT_TIMEOUT)
     if DB_POOL_MAX_SIZE := env.int("DB_POOL_MAX_SIZE", default=10):
         _pg_options["pool"] = {"min_size": 1, "max_size": DB_POOL_MAX_SIZE, "timeout": DB_CONNECT_TIMEOUT}
+# Threads per process for the short database steps of async code (spend-cap reserve and settle,
+# usage records) so that concurrent LLM calls do not queue on one thread (core.db_threads).
+DB_STEP_THREADS = env.int("DB_STEP_THREADS", default=4)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"
@@ -513,6 +516,8 @@ USAGE_CAP_DEFAULT_MAX_OUTPUT_TOKENS = env.int("USAGE_CAP_DEFAULT_MAX_OUTPUT_TOKE
 USAGE_CAP_RESERVATION_SECONDS = env.int("USAGE_CAP_RESERVATION_SECONDS", default=900)
 # Seconds an org's policies/plan/price overrides are cached for the LLM guard (changes drop it).
 USAGE_CAP_CACHE_SECONDS = env.int("USAGE_CAP_CACHE_SECONDS", default=30)
+# ... and in each process for this long in front of that cache (no round trip per LLM call)
+USAGE_CAP_LOCAL_SECONDS = env.float("USAGE_CAP_LOCAL_SECONDS", default=1.0)
 # Also log allowed calls (not only blocks) in /api/v1/usage-caps/events.
 USAGE_CAP_LOG_ALLOWED = env.bool("USAGE_CAP_LOG_ALLOWED", default=True)
 # Cap counter transactions skip the WAL flush wait on PostgreSQL (reconcile-budgets repairs a crash).

@@ -356,3 +356,49 @@ def test_reconcile_prunes_old_counters_and_settled_reservations(org):
     report = budgets_reconcile(now=later)
     assert report["pruned"] == {"counters": 1, "reservations": 1}
     assert not UsageCapCounter.objects.filter(policy=p).exists()
+
+
+# --- the hot path ---------------------------------------------------------------------------------
+
+
+def test_on_postgresql_a_reserve_and_settle_take_one_statement_each(org, django_assert_num_queries):
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the one-statement hot path is PostgreSQL's; SQLite takes the general path")
+    p = policy(org, max_tokens=1000)
+    usage_settle(call(org), None, usage_reserve(call(org)))  # creates the window's counter
+    with django_assert_num_queries(1):
+        reservation = usage_reserve(call(org))
+    usage = {"prompt_tokens": 30, "completion_tokens": 20, "estimated": False}
+    with django_assert_num_queries(1):
+        usage_settle(call(org), usage, reservation)
+    row = counter(p)
+    assert (row.used_tokens, row.reserved_tokens) == (50, 0)
+    assert UsageReservation.objects.get(pk=reservation["id"]).status == UsageReservation.Status.SETTLED
+    assert UsageCapEvent.objects.filter(org=org, decision="allow").count() == 2
+    # A call that does not fit holds nothing and is refused with the policy named.
+    with pytest.raises(ApplicationError) as refused:
+        usage_reserve(call(org, max_tokens=5000))
+    assert refused.value.code == "ERR_USAGE_CAP_EXCEEDED"
+    assert counter(p).reserved_tokens == 0
+    # Settling again books nothing.
+    usage_settle(call(org), usage, reservation)
+    assert counter(p).used_tokens == 50
+
+
+def test_the_guard_is_skipped_without_a_trip_when_the_state_in_memory_says_nothing_to_enforce(org):
+    from agents.registries import llm_guards_for
+    from billing.services.caps import usage_guard_applies
+
+    assert usage_guard_applies(call(org)) is None  # nothing in memory yet: run the guard
+    assert usage_reserve(call(org)) is None  # loads the state
+    assert usage_guard_applies(call(org)) is False
+    assert usage_reserve not in [before for before, _ in llm_guards_for(call(org))]
+    policy(org, max_tokens=1000, scope="model", scope_value="gpt-4o")
+    from billing.selectors.state import invalidate_org_state
+
+    invalidate_org_state(org.pk)
+    usage_reserve(call(org))  # reloads
+    assert usage_guard_applies(call(org)) is False  # the policy does not match this model
+    assert usage_guard_applies(call(org, model="gpt-4o")) is True

@@ -1,0 +1,91 @@
+"""Running short database steps of async code without queueing behind unrelated sync work.
+
+``sync_to_async`` is thread-sensitive by default: outside a request's own context (a chat turn
+detached from its request, a bench or script on one event loop) every such call of the process
+runs on ONE shared thread, so twenty concurrent LLM calls wait for each other's spend-cap
+reservations and usage records one after another. :func:`run_db` sends the step to a small pool
+of threads instead, each of which gives its connection back (to the psycopg pool on PostgreSQL)
+after every call, so a long stream holds no connection between its steps.
+
+On a loop that ``async_to_sync`` made for one call (a test, a Celery task, a sync view under
+WSGI) the step stays on the caller's thread as before: there it must see the caller's connection
+and transaction (a test's rolled-back transaction, a task's atomic block).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from asgiref.sync import AsyncToSync, sync_to_async
+from django.conf import settings
+from django.db import close_old_connections
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_executor: ThreadPoolExecutor | None = None
+
+
+def on_short_lived_loop() -> bool:
+    """True inside a loop that ``async_to_sync`` made for one call (a Celery task, a test, a sync
+    view under WSGI); False on a server's own loop, which ``async_to_sync`` reuses from the
+    threads of ASGI sync views."""
+    return asyncio.get_running_loop() in AsyncToSync.loop_thread_executors
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        with _lock:
+            if _executor is None:
+                _executor = ThreadPoolExecutor(
+                    max_workers=int(getattr(settings, "DB_STEP_THREADS", 4)), thread_name_prefix="db-step"
+                )
+    return _executor
+
+
+_thread = threading.local()
+
+
+def _call_in_thread(
+    values: list[tuple[contextvars.ContextVar, Any]], fn: Callable[..., T], args, kwargs
+) -> T:
+    # Each pool thread runs its calls in ONE context of its own, so that what asgiref's ``Local``
+    # keeps per context (Django's cache connections, among others) lives as long as the thread
+    # instead of being made again, with a new Redis connection, on every call. The caller's other
+    # context variables (the request context: request id, channel, API key) are set for the call
+    # and reset after it.
+    context = getattr(_thread, "context", None)
+    if context is None:
+        context = _thread.context = contextvars.Context()
+    return context.run(_apply_and_call, values, fn, args, kwargs)
+
+
+def _apply_and_call(values, fn, args, kwargs):
+    tokens = [(var, var.set(value)) for var, value in values]
+    close_old_connections()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        close_old_connections()
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
+async def run_db(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` off the event loop, on a pool thread (see the module docstring)."""
+    if on_short_lived_loop():
+        return await sync_to_async(fn)(*args, **kwargs)
+    values = [
+        (var, value)
+        for var, value in contextvars.copy_context().items()
+        if not var.name.startswith("asgiref.")
+    ]
+    call = functools.partial(_call_in_thread, values, fn, args, kwargs)
+    return await asyncio.get_running_loop().run_in_executor(_pool(), call)
