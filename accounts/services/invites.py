@@ -28,6 +28,7 @@ from accounts.selectors.orgs import (
 from accounts.services.audit import audit_record
 from accounts.services.orgs import owner_required_error
 from core.errors import ApplicationError, ConflictError, NotFoundError, PermissionDeniedError, ValidationError
+from core.quotas import check_limit
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ def invite_create(
                 "An invite for this address is still pending; revoke it to send a new one.",
                 code="ERR_INVITE_PENDING",
             )
+        check_limit(org=org, resource="members")  # early: the plan has no room for one more
     token = secrets.token_urlsafe(32)
     invite = Invite(
         org=org,
@@ -192,6 +194,9 @@ def invite_accept(*, token: str, user: User) -> Membership | None:
         # raising here rolls the claim back and the invite stays usable.
         if Membership.objects.filter(org=invite.org, user=user).exists():
             raise ConflictError("You are already a member of this organisation.", code="ERR_ALREADY_MEMBER")
+        # Accepts into one org one at a time, so two cannot both take the plan's last seat.
+        Organization.objects.select_for_update().filter(pk=invite.org_id).first()
+        check_limit(org=invite.org, resource="members")
         membership = Membership(org=invite.org, user=user, role=invite.role)
         membership.full_clean(validate_constraints=False)
         try:

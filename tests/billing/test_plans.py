@@ -115,3 +115,25 @@ def test_a_new_org_on_a_limited_default_plan_gets_its_managed_cap(
         org = OrganizationFactory()
     managed = UsageCapPolicy.objects.get(org=org, managed=True)
     assert managed.max_tokens == 1_000_000
+
+
+def test_the_member_limit_refuses_an_invite_and_an_accept_past_the_plan(owner_client, org):
+    from accounts.models import Membership
+    from accounts.services.invites import invite_accept, invite_create
+    from tests.factories import MembershipFactory, UserFactory
+
+    invite, token = invite_create(org=org, email="late@example.com", role="MEMBER", invited_by=None)
+    Subscription.objects.create(org=org, plan="free")  # 3 members
+    while Membership.objects.filter(org=org).count() < 3:
+        MembershipFactory(org=org)
+    response = owner_client.post("/api/v1/org/invites", {"email": "fourth@example.com", "role": "MEMBER"})
+    error = assert_envelope(response, 403, "ERR_PLAN_LIMIT")
+    assert error["details"]["resource"] == "members"
+    # An invite sent before the org filled up cannot take a fourth seat either, and stays usable.
+    late = UserFactory(email="late@example.com")
+    with pytest.raises(ApplicationError) as refused:
+        invite_accept(token=token, user=late)
+    assert refused.value.code == "ERR_PLAN_LIMIT"
+    assert not Membership.objects.filter(org=org, user=late).exists()
+    invite.refresh_from_db()
+    assert invite.accepted_at is None
