@@ -278,6 +278,14 @@ class CreditAccount(models.Model):
     auto_topup_enabled = models.BooleanField(default=False)
     auto_topup_threshold_micros = models.BigIntegerField(default=0)
     auto_topup_amount_micros = models.BigIntegerField(default=0)
+    auto_topup_attempted_at = models.DateTimeField(
+        null=True, blank=True, help_text="The last automatic charge attempt (one per cool-down)."
+    )
+    provider_customer_id = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="The payment provider's customer whose saved card auto top-up charges.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

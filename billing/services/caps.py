@@ -48,6 +48,7 @@ from billing.selectors.state import (
     price_for,
 )
 from billing.services import hotpath
+from billing.services.topup import auto_topup_schedule_if_due
 from billing.services.usage import _uuid, window_bounds
 from core.errors import ApplicationError, ConflictError, ValidationError
 
@@ -584,6 +585,7 @@ def _settle_credits(reservation_id: str, credit_held: int, cost_micros: int, *, 
     account.held_micros = max(0, account.held_micros - held)
     account.balance_micros -= charge
     account.save(update_fields=["held_micros", "balance_micros", "updated_at"])
+    auto_topup_schedule_if_due(account)
     if charge:
         CreditTransaction.objects.create(
             org_id=reservation.org_id,

@@ -17,6 +17,7 @@ from accounts.models import Organization, User
 from accounts.services.audit import audit_record
 from billing.models import CreditAccount, CreditTransaction
 from billing.services.caps import InsufficientCredits
+from billing.services.topup import auto_topup_schedule_if_due
 from core.errors import ConflictError, NotFoundError, ValidationError
 
 MICROS = 1_000_000
@@ -144,6 +145,7 @@ def credits_consume(
         action=action,
         reference_id=reference_id,
     )
+    auto_topup_schedule_if_due(account)
     return tx, True
 
 

@@ -12,19 +12,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import stripe
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from accounts.models import Organization, User
+from accounts.services.audit import audit_record
 from billing.catalogue import default_plan_key, plan_get, plans
-from billing.models import CreditTransaction, PaymentEvent, Subscription
+from billing.models import CreditAccount, CreditTransaction, PaymentEvent, Subscription
 from billing.services.credits import credits_grant
 from billing.services.plans import plan_change
+from billing.services.topup import auto_topup_due
 from core.errors import ApplicationError, ValidationError
 
 logger = logging.getLogger(__name__)
@@ -109,7 +112,16 @@ def checkout_params(
                 "The purchase is below the minimum charge of 0.50 USD.", details={"credits": ["Too few."]}
             )
         metadata["credits"] = str(int(amount))
+        # Keep the card for auto top-up (charged off-session later) under one customer per org.
+        customer = (
+            CreditAccount.objects.filter(org=org).values_list("provider_customer_id", flat=True).first() or ""
+        )
+        if customer:
+            params["customer"] = customer
+        else:
+            params["customer_creation"] = "always"
         params.update(
+            payment_intent_data={"setup_future_usage": "off_session", "metadata": dict(metadata)},
             mode="payment",
             line_items=[
                 {
@@ -158,6 +170,81 @@ def checkout_create(**kwargs: Any) -> dict[str, Any]:
             details={"provider_message": str(getattr(exc, "user_message", "") or "")}
         ) from exc
     return {"id": session.id, "url": session.url}
+
+
+# --- auto top-up ---------------------------------------------------------------------------------
+
+
+def _auto_topup_grant(org: Organization, intent: Any) -> CreditTransaction:
+    """The credits of a succeeded auto top-up charge; once per payment intent (the charge's answer
+    and its webhook both land here)."""
+    metadata = dict(intent.get("metadata") or {})
+    return credits_grant(
+        org=org,
+        actor=None,
+        amount=metadata.get("credits"),
+        kind=CreditTransaction.Kind.PURCHASE,
+        note=f"Auto top-up {intent.get('id')}",
+        reference_id=f"stripe:{intent.get('id')}",
+    )
+
+
+def auto_topup_charge(*, org_id: Any) -> str:
+    """Charge the org's saved card for its auto top-up amount if it is still due; the outcome.
+
+    One attempt per ``CREDITS_AUTO_TOPUP_COOLDOWN_SECONDS`` (a declined card is not retried on
+    every call). The charge is off-session with an idempotency key per attempt; credits are added
+    when it succeeds, now or by the ``payment_intent.succeeded`` webhook.
+    """
+    if not payments_configured():
+        return "skipped: no payment provider"
+    now = timezone.now()
+    cooldown = timedelta(seconds=int(getattr(settings, "CREDITS_AUTO_TOPUP_COOLDOWN_SECONDS", 600)))
+    with transaction.atomic():
+        account = CreditAccount.objects.select_for_update().filter(org_id=org_id).first()
+        if account is None or not auto_topup_due(account):
+            return "skipped: not due"
+        if account.auto_topup_attempted_at and now - account.auto_topup_attempted_at < cooldown:
+            return "skipped: cooling down"
+        account.auto_topup_attempted_at = now
+        account.save(update_fields=["auto_topup_attempted_at", "updated_at"])
+        customer = account.provider_customer_id
+        credits = account.auto_topup_amount_micros // 1_000_000
+    org = Organization.objects.get(pk=org_id)
+    cents = int(Decimal(credits) * 100 / Decimal(str(getattr(settings, "CREDITS_PER_USD", 100))))
+    if cents < 50:
+        return "skipped: below the minimum charge"
+    client = _client()
+    try:
+        methods = client.v1.payment_methods.list(params={"customer": customer, "type": "card", "limit": 1})
+        if not methods.data:
+            outcome = "failed: no saved card"
+        else:
+            intent = client.v1.payment_intents.create(
+                params={
+                    "amount": cents,
+                    "currency": "usd",
+                    "customer": customer,
+                    "payment_method": methods.data[0].id,
+                    "off_session": True,
+                    "confirm": True,
+                    "description": f"{credits} credits (auto top-up)",
+                    "metadata": {"org_id": str(org_id), "kind": "auto_topup", "credits": str(credits)},
+                },
+                options={"idempotency_key": f"auto-topup:{org_id}:{int(now.timestamp())}"},
+            )
+            if intent.status == "succeeded":
+                tx = _auto_topup_grant(org, intent.to_dict())
+                audit_record(org=org, actor=None, action="credits.auto_topup_charged", entity=tx)
+                return "charged"
+            outcome = f"pending: {intent.status}"
+    except stripe.StripeError as exc:
+        logger.warning("auto top-up of org %s failed: %s", org_id, exc)
+        outcome = f"failed: {getattr(exc, 'code', None) or 'provider error'}"
+    audit_record(
+        org=org, actor=None, action="credits.auto_topup_attempted", entity=account, after={"outcome": outcome}
+    )
+    return outcome
 
 
 # --- webhook -----------------------------------------------------------------------------------
@@ -232,6 +319,8 @@ def _apply(event: dict[str, Any]) -> tuple[Organization | None, str]:
                 note=f"Stripe checkout {obj.get('id')}",
                 reference_id=f"stripe:{obj.get('id')}",
             )
+            if obj.get("customer"):
+                CreditAccount.objects.filter(org=org).update(provider_customer_id=str(obj["customer"])[:100])
             return org, f"credits purchased: {tx.pk}"
         if obj.get("mode") == "subscription" and metadata.get("plan"):
             plan_change(
@@ -265,6 +354,9 @@ def _apply(event: dict[str, Any]) -> tuple[Organization | None, str]:
             current_period_end=datetime.fromtimestamp(int(period_end), tz=UTC) if period_end else None,
         )
         return org, f"subscription {obj.get('status')}: {plan}"
+    if kind == "payment_intent.succeeded" and (obj.get("metadata") or {}).get("kind") == "auto_topup":
+        tx = _auto_topup_grant(org, obj)
+        return org, f"auto top-up: {tx.pk}"
     if kind == "customer.subscription.deleted":
         plan_change(
             org=org, actor=None, plan=default_plan_key(), force=True, source="stripe", status="canceled"

@@ -525,6 +525,8 @@ USAGE_CAP_ASYNC_COMMIT = env.bool("USAGE_CAP_ASYNC_COMMIT", default=True)
 # Credits per US dollar of LLM cost for orgs on a credit plan (100: one credit is one cent).
 CREDITS_PER_USD = env.int("CREDITS_PER_USD", default=100)
 CREDITS_SIGNUP_BONUS = env.int("CREDITS_SIGNUP_BONUS", default=0)
+# Auto top-up charges a saved card at most once per this many seconds (a declined card waits).
+CREDITS_AUTO_TOPUP_COOLDOWN_SECONDS = env.int("CREDITS_AUTO_TOPUP_COOLDOWN_SECONDS", default=600)
 # Plan of orgs without a subscription (billing/data/plans.json; empty: the file's default).
 BILLING_DEFAULT_PLAN = env.str("BILLING_DEFAULT_PLAN", default="")
 # Stripe: checkout answers 501 without the secret key; the webhook needs the signing secret.

@@ -221,3 +221,103 @@ def test_a_provider_refusal_answers_502(owner_client, stripe_peer):
         "/api/v1/billing/checkout", {"kind": "credits", "credits": 1000}, format="json"
     )
     assert_envelope(response, 502, "ERR_PAYMENT_PROVIDER")
+
+
+# --- auto top-up -----------------------------------------------------------------------------------
+
+
+def auto_topup_account(org, *, balance_credits=5, threshold=10, amount=1000, customer="cus_saved"):
+    from billing.services.credits import credits_auto_topup_update, credits_grant
+
+    credits_grant(org=org, actor=None, amount=balance_credits)
+    credits_auto_topup_update(org=org, actor=None, enabled=True, threshold=threshold, amount=amount)
+    CreditAccount.objects.filter(org=org).update(provider_customer_id=customer)
+
+
+def test_a_credit_checkout_saves_the_card_and_its_webhook_keeps_the_customer(
+    owner_client, org, stripe_peer, webhook
+):
+    owner_client.post("/api/v1/billing/checkout", {"kind": "credits", "credits": 1000}, format="json")
+    form = stripe_peer.requests[-1]["form"]
+    assert form["customer_creation"] == "always"
+    assert form["payment_intent_data[setup_future_usage]"] == "off_session"
+    webhook(event("checkout.session.completed", {**purchase(org), "customer": "cus_new"}))
+    assert CreditAccount.objects.get(org=org).provider_customer_id == "cus_new"
+    owner_client.post("/api/v1/billing/checkout", {"kind": "credits", "credits": 1000}, format="json")
+    form = stripe_peer.requests[-1]["form"]
+    assert form["customer"] == "cus_new" and "customer_creation" not in form
+
+
+def test_consuming_under_the_threshold_charges_the_saved_card_once(
+    org, stripe_peer, django_capture_on_commit_callbacks, monkeypatch
+):
+    from billing import tasks
+    from billing.services.credits import credits_consume
+
+    auto_topup_account(org, balance_credits=20, threshold=10, amount=1000)
+    queued: list[str] = []
+    monkeypatch.setattr(tasks.credits_auto_topup, "delay", queued.append)
+    with django_capture_on_commit_callbacks(execute=True):
+        credits_consume(org=org, actor=None, amount=5, action="x")  # 15 left: above the threshold
+    assert queued == []
+    with django_capture_on_commit_callbacks(execute=True):
+        credits_consume(org=org, actor=None, amount=8, action="x")  # 7 left: under it
+    assert queued == [str(org.pk)]
+
+    assert tasks.credits_auto_topup(str(org.pk)) == "charged"
+    assert balance(org) == 1007
+    intent = stripe_peer.requests[-1]
+    assert intent["path"] == "/v1/payment_intents"
+    assert intent["form"]["customer"] == "cus_saved" and intent["form"]["payment_method"] == "pm_card_visa"
+    assert intent["form"]["off_session"] == "true" and intent["form"]["amount"] == "1000"  # 10 USD
+    assert intent["idempotency_key"].startswith(f"auto-topup:{org.pk}:")
+    # No second charge once the balance is back above the threshold.
+    assert tasks.credits_auto_topup(str(org.pk)) == "skipped: not due"
+    assert balance(org) == 1007
+    assert CreditTransaction.objects.filter(org=org, note__startswith="Auto top-up").count() == 1
+
+
+def test_a_declined_card_is_not_retried_within_the_cooldown(org, stripe_peer):
+    from billing.services.payments import auto_topup_charge
+
+    auto_topup_account(org)
+    stripe_peer.server.fail = True
+    assert auto_topup_charge(org_id=org.pk) == "failed: card_declined"
+    stripe_peer.server.fail = False
+    assert auto_topup_charge(org_id=org.pk) == "skipped: cooling down"
+    assert balance(org) == 5
+    CreditAccount.objects.filter(org=org).update(auto_topup_attempted_at=None)
+    assert auto_topup_charge(org_id=org.pk) == "charged"
+    assert balance(org) == 1005
+
+
+def test_a_pending_charge_is_credited_by_its_webhook_once(org, stripe_peer, webhook):
+    from billing.services.payments import auto_topup_charge
+
+    auto_topup_account(org)
+    stripe_peer.server.intent_status = "processing"
+    assert auto_topup_charge(org_id=org.pk) == "pending: processing"
+    assert balance(org) == 5
+    intent_id = f"pi_test_{len(stripe_peer.requests)}"
+    succeeded = {
+        "id": intent_id,
+        "object": "payment_intent",
+        "status": "succeeded",
+        "metadata": {"org_id": str(org.pk), "kind": "auto_topup", "credits": "1000"},
+    }
+    assert webhook(event("payment_intent.succeeded", succeeded)).status_code == 200
+    assert webhook(event("payment_intent.succeeded", succeeded)).status_code == 200  # a second delivery
+    assert balance(org) == 1005
+
+
+def test_without_a_provider_or_a_saved_card_nothing_is_charged(org, settings, stripe_peer):
+    from billing.services.payments import auto_topup_charge
+
+    auto_topup_account(org, customer="")
+    assert auto_topup_charge(org_id=org.pk) == "skipped: not due"
+    CreditAccount.objects.filter(org=org).update(provider_customer_id="cus_saved")
+    stripe_peer.server.cards = []
+    assert auto_topup_charge(org_id=org.pk) == "failed: no saved card"
+    settings.STRIPE_SECRET_KEY = ""
+    assert auto_topup_charge(org_id=org.pk) == "skipped: no payment provider"
+    assert balance(org) == 5

@@ -1,5 +1,8 @@
-"""A loopback stand-in for Stripe's API, enough for Checkout Sessions: records each form-encoded
-request and answers a session object. Point the SDK at it with ``STRIPE_API_BASE``."""
+"""A loopback stand-in for Stripe's API, enough for Checkout Sessions and off-session charges of a
+saved card: records each request (form-encoded body or query) and answers the objects the SDK
+expects. Point the SDK at it with ``STRIPE_API_BASE``. ``server.fail`` declines everything;
+``server.cards`` lists the saved cards of any customer; ``server.intent_status`` is what a new
+payment intent says."""
 
 from __future__ import annotations
 
@@ -13,19 +16,51 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # quiet
         pass
 
+    def do_GET(self):  # noqa: N802 - http.server's name
+        path, _, query = self.path.partition("?")
+        self._record(path, dict(parse_qsl(query, keep_blank_values=True)))
+        if path != "/v1/payment_methods":
+            self._send(404, {"error": {"type": "invalid_request_error", "message": "Unknown path"}})
+            return
+        cards = [{"id": card, "object": "payment_method", "type": "card"} for card in self.server.cards]
+        self._send(200, {"object": "list", "data": cards, "has_more": False, "url": path})
+
+    def _record(self, path, form):
+        self.server.requests.append(
+            {
+                "path": path,
+                "form": form,
+                "auth": self.headers.get("Authorization", ""),
+                "idempotency_key": self.headers.get("Idempotency-Key", ""),
+            }
+        )
+
     def do_POST(self):  # noqa: N802 - http.server's name
         length = int(self.headers.get("Content-Length") or 0)
         form = dict(parse_qsl(self.rfile.read(length).decode(), keep_blank_values=True))
-        self.server.requests.append(
-            {"path": self.path, "form": form, "auth": self.headers.get("Authorization", "")}
-        )
-        if self.path != "/v1/checkout/sessions":
+        self._record(self.path, form)
+        if self.path not in ("/v1/checkout/sessions", "/v1/payment_intents"):
             self._send(404, {"error": {"type": "invalid_request_error", "message": "Unknown path"}})
             return
         if self.server.fail:
             self._send(402, {"error": {"type": "card_error", "message": "Declined", "code": "card_declined"}})
             return
         number = len(self.server.requests)
+        if self.path == "/v1/payment_intents":
+            metadata = {k[len("metadata[") : -1]: v for k, v in form.items() if k.startswith("metadata[")}
+            self._send(
+                200,
+                {
+                    "id": f"pi_test_{number}",
+                    "object": "payment_intent",
+                    "amount": int(form.get("amount") or 0),
+                    "currency": form.get("currency"),
+                    "customer": form.get("customer"),
+                    "status": self.server.intent_status,
+                    "metadata": metadata,
+                },
+            )
+            return
         self._send(
             200,
             {
@@ -53,6 +88,8 @@ class FakeStripe:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.server.requests = []
         self.server.fail = False
+        self.server.cards = ["pm_card_visa"]
+        self.server.intent_status = "succeeded"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
