@@ -33,6 +33,7 @@ $(VENV)/.dev-deps: requirements.txt requirements-dev.txt requirements-local.txt 
 
 run: $(VENV)/.run-deps
 	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py memory_import_entries
 	$(BIN)/python manage.py ensure_admin
 	exec $(BIN)/python manage.py runstack
 
