@@ -14,6 +14,7 @@ UsageListener = Callable[[dict], None]
 
 _guards: list[LLMGuard] = []
 _guard_applies: dict[Callable[[dict], Any], Callable[[dict], bool | None]] = {}
+_guard_try_before: dict[Callable[[dict], Any], Callable[[dict], Any]] = {}
 _usage_listeners: list[UsageListener] = []
 
 
@@ -22,21 +23,30 @@ def register_llm_guard(
     after: Callable[[dict, dict | None, Any], None],
     *,
     applies: Callable[[dict], bool | None] | None = None,
+    try_before: Callable[[dict], Any] | None = None,
 ) -> None:
     """Run ``before`` ahead of every LLM call and ``after`` once it has ended (success or not).
 
     ``applies(call)``, if given, answers from memory (no I/O: it runs on the event loop) whether
     the guard has anything to do for this call: False skips the guard, sparing the call a trip to
-    a database thread; True or None (cannot tell) runs it.
+    a database thread; True or None (cannot tell) runs it. ``try_before(call)``, if given, may
+    answer the reservation from memory (no I/O, on the event loop); None runs ``before``.
     """
     if (before, after) not in _guards:
         _guards.append((before, after))
     if applies is not None:
         _guard_applies[before] = applies
+    if try_before is not None:
+        _guard_try_before[before] = try_before
 
 
 def llm_guards() -> list[LLMGuard]:
     return list(_guards)
+
+
+def guard_try_before(guard: LLMGuard) -> Callable[[dict], Any] | None:
+    """The guard's in-memory ``try_before``, if it registered one."""
+    return _guard_try_before.get(guard[0])
 
 
 def llm_guards_for(call: dict) -> list[LLMGuard]:

@@ -57,7 +57,7 @@ from agents.llm import resolve
 from agents.llm.client import ResolvedProvider, make_client
 from agents.llm.errors import ProviderAuthError, ProviderBadRequest, ProviderUnavailable
 from agents.models import Provider
-from agents.registries import llm_guards_for, usage_listeners
+from agents.registries import guard_try_before, llm_guards_for, usage_listeners
 from core import context as request_context
 from core.db_threads import on_short_lived_loop as _on_short_lived_loop
 from core.db_threads import run_db
@@ -519,7 +519,22 @@ class _Call:
         guards = llm_guards_for(call)
         if not guards:
             return []
-        return await run_db(_run_before, guards, call)
+        done: list[tuple[Any, Any]] = []
+        rest = []
+        for guard in guards:  # what a guard can answer from memory spares the database thread
+            try_before = guard_try_before(guard)
+            reservation = try_before(call) if try_before is not None else None
+            if reservation is not None:
+                done.append((guard[1], reservation))
+            else:
+                rest.append(guard)
+        if not rest:
+            return done
+        try:
+            return done + await run_db(_run_before, rest, call)
+        except BaseException:
+            await run_db(_release, call, done)
+            raise
 
     async def settle(
         self,
@@ -728,13 +743,17 @@ def _run_before(guards: list, call: dict) -> list[tuple[Any, Any]]:
         for before, after in guards:
             done.append((after, before(call)))
     except BaseException:
-        for after, reservation in done:
-            try:
-                after(call, None, reservation)
-            except Exception:
-                logger.exception("LLM guard after() failed while releasing a refused call")
+        _release(call, done)
         raise
     return done
+
+
+def _release(call: dict, done: list[tuple[Any, Any]]) -> None:
+    for after, reservation in done:
+        try:
+            after(call, None, reservation)
+        except Exception:
+            logger.exception("LLM guard after() failed while releasing a refused call")
 
 
 def _settle_sync(

@@ -48,6 +48,7 @@ from billing.selectors.state import (
     price_for,
 )
 from billing.services import hotpath
+from billing.services.leases import lease_acquire, lease_settle, lease_take, leases_enabled
 from billing.services.topup import auto_topup_schedule_if_due
 from billing.services.usage import _uuid, window_bounds
 from core.errors import ApplicationError, ConflictError, ValidationError
@@ -291,6 +292,32 @@ def usage_guard_applies(call: dict[str, Any]) -> bool | None:
     return state.credit_billing or any(policy_matches(p, call) for p in state.policies)
 
 
+def usage_reserve_in_memory(call: dict[str, Any]) -> dict[str, Any] | None:
+    """The guard's ``try_before`` (on the event loop, no I/O): a reservation from this process's
+    spend-cap lease when the org's state is in memory and a lease has room; None otherwise."""
+    if not leases_enabled():
+        return None
+    state = org_state_if_local(call["org_id"])
+    if state is None or not state.policies or state.credit_billing:
+        return None
+    matching = [p for p in state.policies if policy_matches(p, call)]
+    if not matching:
+        return None
+    price = price_for(
+        org_id=call["org_id"],
+        model=str(call.get("model") or ""),
+        provider_type=str(call.get("provider_type") or ""),
+        state=state,
+    )
+    if price is None and any(p.max_cost_micros is not None for p in matching):
+        return None  # the database path refuses it and logs the block
+    prompt, output = _worst_case_tokens(call)
+    cost = price.cost_micros(prompt, output) if price is not None else 0
+    return lease_take(
+        call=call, state=state, matching=matching, tokens=prompt + output, cost=cost, price=price
+    )
+
+
 def usage_reserve(call: dict[str, Any], *, state: OrgState | None = None) -> dict[str, Any] | None:
     """The guard's ``before``: hold the call's worst case on every matching cap (and on credits)."""
     org_id = call["org_id"]
@@ -332,6 +359,12 @@ def usage_reserve(call: dict[str, Any], *, state: OrgState | None = None) -> dic
     credit = cost * int(getattr(settings, "CREDITS_PER_USD", 100)) if state.credit_billing else 0
     now = timezone.now()
     if matching and not credit and connection.vendor == "postgresql":
+        if leases_enabled():
+            leased = lease_take(
+                call=call, state=state, matching=matching, tokens=tokens, cost=cost, price=price
+            ) or lease_acquire(call=call, matching=matching, tokens=tokens, cost=cost, price=price, now=now)
+            if leased is not None:
+                return leased
         fast = _pg_reserve(org_id, call, matching, tokens, cost, now, price)
         if fast is not None:
             return fast
@@ -506,6 +539,9 @@ def usage_settle(
         cost = Price(input=Decimal(raw_in), output=Decimal(raw_out)).cost_micros(prompt, completion)
     else:
         cost = 0
+    if reservation.get("lease") is not None:
+        lease_settle(reservation, tokens=tokens, cost=cost)
+        return
     held = reservation.get("held")
     if held and not held.get("credit") and connection.vendor == "postgresql":
         hotpath.pg_settle(

@@ -518,6 +518,14 @@ USAGE_CAP_RESERVATION_SECONDS = env.int("USAGE_CAP_RESERVATION_SECONDS", default
 USAGE_CAP_CACHE_SECONDS = env.int("USAGE_CAP_CACHE_SECONDS", default=30)
 # ... and in each process for this long in front of that cache (no round trip per LLM call)
 USAGE_CAP_LOCAL_SECONDS = env.float("USAGE_CAP_LOCAL_SECONDS", default=1.0)
+# Spend-cap leases (billing/services/leases.py): room for this many calls reserved at once and
+# handed out from memory (0 or 1: a database reservation per call); flushed every FLUSH seconds,
+# returned after IDLE seconds unused; a dead process's lease expires after EXPIRY seconds.
+USAGE_CAP_LEASE_CALLS = env.int("USAGE_CAP_LEASE_CALLS", default=8)
+USAGE_CAP_LEASE_MAX_CALLS = env.int("USAGE_CAP_LEASE_MAX_CALLS", default=64)  # grown when one runs full
+USAGE_CAP_LEASE_FLUSH_SECONDS = env.float("USAGE_CAP_LEASE_FLUSH_SECONDS", default=0.2)
+USAGE_CAP_LEASE_IDLE_SECONDS = env.float("USAGE_CAP_LEASE_IDLE_SECONDS", default=2.0)
+USAGE_CAP_LEASE_EXPIRY_SECONDS = env.int("USAGE_CAP_LEASE_EXPIRY_SECONDS", default=60)
 # Also log allowed calls (not only blocks) in /api/v1/usage-caps/events.
 USAGE_CAP_LOG_ALLOWED = env.bool("USAGE_CAP_LOG_ALLOWED", default=True)
 # Cap counter transactions skip the WAL flush wait on PostgreSQL (reconcile-budgets repairs a crash).

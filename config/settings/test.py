@@ -33,3 +33,6 @@ if CELERY_BROKER_URL.startswith("filesystem://"):  # noqa: F405
 
 # Retry delays of the LLM choke point stay tiny in tests.
 LLM_RETRY_BASE_SECONDS = 0.01
+# Per-call reservations, which the cap tests count exactly; tests/billing/test_leases.py turns
+# leases on where it tests them.
+USAGE_CAP_LEASE_CALLS = 0
