@@ -83,7 +83,8 @@ class Lease:
     renewed: float = field(default_factory=time.monotonic)
 
 
-_lock = threading.Lock()
+_lock = threading.Lock()  # the lease tables and counts (held only for memory work)
+_flush_lock = threading.Lock()  # one flush pass at a time (held during its database work)
 _leases: dict[tuple, Lease] = {}  # the lease new calls take from, per set of caps
 _draining: list[Lease] = []  # retired leases waiting for their calls to settle
 _flusher: threading.Thread | None = None
@@ -375,15 +376,16 @@ def leases_flush(*, return_all: bool = False) -> None:
     """One pass: write settled spend and events, renew, return idle or drained leases.
 
     ``return_all`` retires every lease first (process exit, tests)."""
-    now = timezone.now()
-    idle = _setting("USAGE_CAP_LEASE_IDLE_SECONDS", 2.0)
-    with _lock:
-        for lease in list(_leases.values()):
-            if return_all or time.monotonic() - lease.last_used > idle or now >= lease.window_end:
-                _retire(lease)
-        work = list(_leases.values()) + list(_draining)
-    for lease in work:
-        _flush_one(lease, now)
+    with _flush_lock:  # one pass at a time: two would race to return a lease and lose a flush
+        now = timezone.now()
+        idle = _setting("USAGE_CAP_LEASE_IDLE_SECONDS", 2.0)
+        with _lock:
+            for lease in list(_leases.values()):
+                if return_all or time.monotonic() - lease.last_used > idle or now >= lease.window_end:
+                    _retire(lease)
+            work = list(_leases.values()) + list(_draining)
+        for lease in work:
+            _flush_one(lease, now)
 
 
 def leases_forget() -> None:
