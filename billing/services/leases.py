@@ -135,7 +135,7 @@ def _log_allowed() -> bool:
 
 
 def lease_take(
-    *, call: dict, state: OrgState, matching: list[PolicyView], tokens: int, cost: int, price: Any
+    *, call: dict, state: OrgState | None, matching: list[PolicyView], tokens: int, cost: int, price: Any
 ) -> dict[str, Any] | None:
     """A reservation for ``call`` from this process's lease, in memory; None when there is none
     that fits (the caller reserves through the database)."""
@@ -175,6 +175,7 @@ def _sizes(key: tuple) -> list[int]:
 
 
 _last_size: dict[tuple, int] = {}
+_acquiring: dict[tuple, threading.Lock] = {}
 
 
 def lease_acquire(
@@ -183,6 +184,24 @@ def lease_acquire(
     """Reserve a new lease with room for several calls like this one (see ``_sizes``) and take this
     call's share; None when none fits the caps: the call reserves on its own."""
     key, window_end = _key(matching, now)
+    with _lock:
+        key_lock = _acquiring.setdefault(key, threading.Lock())
+    # One acquisition per set of caps at a time: calls that arrive together while there is no
+    # lease wait for the first one's and take from it, instead of each reserving (and retiring) one.
+    with key_lock:
+        taken = lease_take(call=call, state=None, matching=matching, tokens=tokens, cost=cost, price=price)
+        if taken is not None:
+            return taken
+        return _acquire(
+            call=call, matching=matching, tokens=tokens, cost=cost, price=price, now=now, key=key,
+            window_end=window_end,
+        )  # fmt: skip
+
+
+def _acquire(
+    *, call: dict, matching: list[PolicyView], tokens: int, cost: int, price: Any, now: datetime, key: tuple,
+    window_end: datetime,
+) -> dict[str, Any] | None:  # fmt: skip
     from billing.services.usage import _uuid
 
     def reserve(calls: int, reservation_id: uuid.UUID) -> tuple[str, list[int]]:
@@ -243,6 +262,7 @@ def lease_acquire(
         _last_size[key] = calls
         if len(_last_size) > 10_000:
             _last_size.clear()
+            _acquiring.clear()
     _start_flusher()
     return _reservation(lease, call, tokens, cost, price)
 

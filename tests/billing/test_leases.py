@@ -162,3 +162,22 @@ def test_a_lease_that_runs_full_is_followed_by_a_bigger_one(org):
     leases.leases_flush(return_all=True)
     row = counter_of(policy)
     assert (row.used_tokens, row.reserved_tokens) == (5, 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_calls_arriving_together_share_one_acquisition_instead_of_each_reserving_a_lease(db):
+    org = OrganizationFactory()
+    UsageCapPolicy.objects.create(org=org, window="day", max_tokens=1_000_000)
+    usage_settle(call(org), None, usage_reserve(call(org)))  # the first lease (then returned)
+    leases.leases_flush(return_all=True)
+    before = UsageReservation.objects.filter(org=org).count()
+
+    results = in_threads(lambda i: usage_reserve(call(org)), 10, workers=10)  # no lease in memory
+
+    assert all(not isinstance(r, ApplicationError) and r["lease"] is not None for r in results)
+    # 4 fit the first lease; the fifth finds it full and takes a lease twice the size.
+    assert UsageReservation.objects.filter(org=org).count() - before == 2
+    for reservation in results:
+        usage_settle(call(org), used(1), reservation)
+    leases.leases_flush(return_all=True)
+    assert UsageCapCounter.objects.get(org=org).reserved_tokens == 0
