@@ -398,7 +398,7 @@ def leases_flush(*, return_all: bool = False) -> None:
     ``return_all`` retires every lease first (process exit, tests)."""
     with _flush_lock:  # one pass at a time: two would race to return a lease and lose a flush
         now = timezone.now()
-        idle = _setting("USAGE_CAP_LEASE_IDLE_SECONDS", 2.0)
+        idle = _setting("USAGE_CAP_LEASE_IDLE_SECONDS", 10.0)
         with _lock:
             for lease in list(_leases.values()):
                 if return_all or time.monotonic() - lease.last_used > idle or now >= lease.window_end:

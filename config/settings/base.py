@@ -524,7 +524,7 @@ USAGE_CAP_LOCAL_SECONDS = env.float("USAGE_CAP_LOCAL_SECONDS", default=1.0)
 USAGE_CAP_LEASE_CALLS = env.int("USAGE_CAP_LEASE_CALLS", default=8)
 USAGE_CAP_LEASE_MAX_CALLS = env.int("USAGE_CAP_LEASE_MAX_CALLS", default=64)  # grown when one runs full
 USAGE_CAP_LEASE_FLUSH_SECONDS = env.float("USAGE_CAP_LEASE_FLUSH_SECONDS", default=0.2)
-USAGE_CAP_LEASE_IDLE_SECONDS = env.float("USAGE_CAP_LEASE_IDLE_SECONDS", default=2.0)
+USAGE_CAP_LEASE_IDLE_SECONDS = env.float("USAGE_CAP_LEASE_IDLE_SECONDS", default=10.0)
 USAGE_CAP_LEASE_EXPIRY_SECONDS = env.int("USAGE_CAP_LEASE_EXPIRY_SECONDS", default=60)
 # Also log allowed calls (not only blocks) in /api/v1/usage-caps/events.
 USAGE_CAP_LOG_ALLOWED = env.bool("USAGE_CAP_LOG_ALLOWED", default=True)
