@@ -7,7 +7,9 @@ Failures with a key are recorded as security events.
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
+from typing import Any
 
 from django.core.cache import cache
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -22,6 +24,7 @@ from core import context
 
 # last_used_at is written at most this often per key, so a busy key costs no extra write.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
+LAST_USED_MEMO_SIZE = 10_000  # keys remembered per process before the memo starts over
 
 
 class KeyAuthenticationFailed(exceptions.AuthenticationFailed):
@@ -97,11 +100,31 @@ def authenticate_key(raw: str) -> ApiKey:
             key=key,
             code="ERR_KEY_REVOKED",
         )
-    if cache.add(f"auth:last-used:{key.pk}", 1, timeout=LAST_USED_RESOLUTION.total_seconds()):
-        # At most one write a minute per key, whichever process wins the cache.add. An UPDATE
-        # does not send post_save, so it leaves cached lookups alone.
-        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now, last_used_ip=context.current().ip)
+    _stamp_last_used(key, now)
     return key
+
+
+# When this process last asked the cache about each key's last_used_at (monotonic seconds).
+_last_used_asked: dict[Any, float] = {}
+
+
+def _stamp_last_used(key: ApiKey, now) -> None:
+    """At most one ``last_used_at`` write a minute per key, whichever process wins the cache.add.
+
+    A process asks the cache at most once a minute per key too: the answer cannot change sooner,
+    and the question was a Redis round trip on every request of a busy key. An UPDATE does not
+    send post_save, so it leaves cached lookups alone.
+    """
+    period = LAST_USED_RESOLUTION.total_seconds()
+    asked_at = _last_used_asked.get(key.pk)
+    moment = time.monotonic()
+    if asked_at is not None and moment - asked_at < period:
+        return
+    if len(_last_used_asked) > LAST_USED_MEMO_SIZE:
+        _last_used_asked.clear()
+    _last_used_asked[key.pk] = moment
+    if cache.add(f"auth:last-used:{key.pk}", 1, timeout=period):
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now, last_used_ip=context.current().ip)
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):

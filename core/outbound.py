@@ -303,7 +303,11 @@ def guarded_client(*, read_timeout: float | None = None, **kwargs) -> httpx.Clie
     return httpx.Client(transport=GuardedTransport(), **kwargs)
 
 
-def guarded_async_client(*, read_timeout: float | None = None, **kwargs) -> httpx.AsyncClient:
-    """An httpx.AsyncClient for user-supplied URLs (redirects are checked hop by hop)."""
+def guarded_async_client(
+    *, read_timeout: float | None = None, limits: httpx.Limits | None = None, **kwargs
+) -> httpx.AsyncClient:
+    """An httpx.AsyncClient for user-supplied URLs (redirects are checked hop by hop). ``limits``
+    size its connection pool (httpx ignores a client's ``limits`` once it is given a transport)."""
     kwargs.setdefault("timeout", _timeout(read_timeout))
-    return httpx.AsyncClient(transport=GuardedAsyncTransport(), **kwargs)
+    transport = GuardedAsyncTransport(limits=limits) if limits is not None else GuardedAsyncTransport()
+    return httpx.AsyncClient(transport=transport, **kwargs)

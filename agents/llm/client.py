@@ -4,6 +4,17 @@ Every provider type is spoken to through the OpenAI-compatible protocol; they di
 default base URL and a few headers. The SDK's own retries are off: the choke point retries
 (honouring Retry-After) and fails over itself. All traffic goes through the guarded outbound
 client, so a provider URL cannot reach private addresses unless the operator allows it.
+
+Two things differ from a stock ``AsyncOpenAI`` because they sit on the path of every token:
+
+- the connection pool has the SDK's own limits (1,000 connections, 100 kept alive), not httpx's
+  defaults (100 and 20) that a client passed in as ``http_client`` would otherwise get: with more
+  streams open than that, new calls queued for a free connection before sending anything;
+- the chunks of a streamed chat completion are not built into the SDK's pydantic models (about
+  half a millisecond of CPU each, on the event loop, per chunk of every stream) but returned as
+  :class:`Fields`, the chunk's own JSON read by attribute (``chunk.choices[0].delta.content``,
+  ``chunk.usage.prompt_tokens``): a field the upstream left out reads ``None``, as the models'
+  optional fields do. Everything else (whole completions, embeddings, models) is parsed as usual.
 """
 
 from __future__ import annotations
@@ -12,7 +23,9 @@ import json
 from dataclasses import dataclass, field
 from uuid import UUID
 
+import httpx
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletionChunk
 
 from core.outbound import guarded_async_client
 
@@ -58,13 +71,46 @@ def parse_headers(raw: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
+# The SDK's own defaults (openai._constants.DEFAULT_CONNECTION_LIMITS).
+CONNECTION_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+
+
+class Fields(dict):
+    """A JSON object whose fields read as attributes; a missing field reads ``None``."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):  # copy, pickle and friends probe dunders: stay a plain dict
+            raise AttributeError(name)
+        return self.get(name)
+
+
+def as_fields(value):
+    """``value`` (parsed JSON) with every object turned into :class:`Fields`."""
+    if isinstance(value, dict):
+        return Fields({key: as_fields(item) for key, item in value.items()})
+    if isinstance(value, list):
+        return [as_fields(item) for item in value]
+    return value
+
+
+class StreamingOpenAI(AsyncOpenAI):
+    """AsyncOpenAI whose streamed chat-completion chunks are :class:`Fields` (see the module doc)."""
+
+    def _process_response_data(self, *, data, cast_to, response):
+        if cast_to is ChatCompletionChunk and isinstance(data, dict):
+            return as_fields(data)
+        return super()._process_response_data(data=data, cast_to=cast_to, response=response)
+
+
 def make_client(provider: ResolvedProvider, *, read_timeout: float | None = None) -> AsyncOpenAI:
     """An AsyncOpenAI client for one provider (no SDK retries; guarded transport)."""
     headers = {**TYPE_HEADERS.get(provider.provider_type, {}), **provider.extra_headers}
-    return AsyncOpenAI(
+    return StreamingOpenAI(
         api_key=provider.api_key or "not-needed",  # Ollama and some gateways take no key
         base_url=provider.base_url,
         max_retries=0,
         default_headers=headers,
-        http_client=guarded_async_client(read_timeout=read_timeout),
+        http_client=guarded_async_client(read_timeout=read_timeout, limits=CONNECTION_LIMITS),
     )

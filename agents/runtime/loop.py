@@ -201,7 +201,10 @@ async def arun_agent(
 ) -> AgentRun:
     """Run the agent once on ``message``; returns the finished AgentRun (see the module doc)."""
     started = time.perf_counter()
-    org = await sync_to_async(lambda: agent.org)()  # load the FK off the event loop, once
+    if Agent.org.is_cached(agent):  # the callers' selectors attach the org they scoped by
+        org = agent.org
+    else:
+        org = await sync_to_async(lambda: agent.org)()  # load the FK off the event loop, once
     run = await sync_to_async(run_start)(
         org=org,
         agent=agent,

@@ -15,8 +15,6 @@ codes OpenAI's SDKs turn into their exception classes; another org's agent is a 
 
 from __future__ import annotations
 
-from asgiref.sync import sync_to_async
-from django import db
 from django.urls import path
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -27,7 +25,6 @@ from rest_framework.response import Response
 from accounts.api.base import TenantAPIView
 from accounts.authentication import ApiKeyAuthentication
 from accounts.models import ApiKey, Role
-from agents.llm import on_short_lived_loop
 from agents.selectors.agents import AgentViewer
 from chat.selectors.models import agent_model_id, openai_agent_get, openai_model_list
 from chat.services import openai_compat
@@ -51,6 +48,7 @@ from .openai_serializers import (
     OpenAIModelSerializer,
     ResponseInputSerializer,
 )
+from .own_thread import OwnThreadMixin
 
 _TAGS = ["openai"]
 _ERRORS = {
@@ -71,42 +69,14 @@ def _api_key(request) -> ApiKey | None:
     return request.auth if isinstance(request.auth, ApiKey) else None
 
 
-class OpenAIView(TenantAPIView):
-    """API keys only, JSON in, OpenAI's error shape out.
-
-    Under an ASGI server the view runs in a worker thread of its own rather than in the one thread
-    that every sync view and every ``sync_to_async`` call of the process share: it sits on the path
-    to the first token, and with hundreds of streams starting at once it would otherwise wait behind
-    their database work (agent runs, usage settlement). Its database connection is given back when
-    it returns. Called from sync code (tests, WSGI) it runs in the caller's thread as usual.
-    """
+class OpenAIView(OwnThreadMixin, TenantAPIView):
+    """API keys only, JSON in, OpenAI's error shape out; run in a worker thread of its own under
+    an ASGI server (``chat.api.own_thread``)."""
 
     authentication_classes = [ApiKeyAuthentication]
     parser_classes = [JSONParser]
     renderer_classes = [JSONRenderer, EventStreamRenderer]
     error_format = "openai"
-
-    @classmethod
-    def as_view(cls, **initkwargs):
-        view = super().as_view(**initkwargs)
-
-        def run(request, *args, **kwargs):
-            try:
-                response = view(request, *args, **kwargs)
-                if hasattr(response, "render"):
-                    response.render()
-                return response
-            finally:
-                db.close_old_connections()
-
-        async def async_view(request, *args, **kwargs):
-            if on_short_lived_loop():  # a sync caller: its thread, its connection (and test transaction)
-                return await sync_to_async(view)(request, *args, **kwargs)
-            return await sync_to_async(run, thread_sensitive=False)(request, *args, **kwargs)
-
-        for name in ("cls", "initkwargs", "csrf_exempt"):
-            setattr(async_view, name, getattr(view, name))
-        return async_view
 
     def initial(self, request, *args, **kwargs):
         context.set_channel(openai_compat.CHANNEL)

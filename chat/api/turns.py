@@ -22,6 +22,7 @@ from rest_framework.response import Response
 from accounts.api.base import TenantAPIView
 from accounts.models import ApiKey, Role
 from agents.api.agents import JsonErrorsMixin, viewer_of
+from agents.llm import on_short_lived_loop
 from chat.selectors.messages import message_dict, turn_message_get
 from chat.services import turns
 from chat.services.feedback import feedback_upsert
@@ -29,6 +30,7 @@ from core import context as request_context
 from core.errors import ValidationError
 from core.sse import KEEPALIVE, EventStreamRenderer, sse_frame, sse_response
 
+from .own_thread import OwnThreadMixin
 from .serializers import (
     ChatTurnInputSerializer,
     FeedbackInputSerializer,
@@ -57,9 +59,11 @@ async def turn_frames(*, message_id, after_seq: int = 0, cancel_on_disconnect: b
     a client that goes away before the end cancels the turn."""
     from django.conf import settings
 
-    # The request's thread keeps its database connection until the response ends: give it back
-    # now (the stream itself reads through short-lived calls), or every open stream holds one.
-    await sync_to_async(connections.close_all)()
+    # Under a server the view ran in a thread of its own that gave its connection back already
+    # (``own_thread``); a sync caller's thread keeps its connection until the response ends: give it
+    # back now (the stream itself reads through short-lived calls), or every open stream holds one.
+    if on_short_lived_loop():
+        await sync_to_async(connections.close_all)()
     finished = False
     try:
         async for event in turns.follow_turn(
@@ -76,8 +80,9 @@ async def turn_frames(*, message_id, after_seq: int = 0, cancel_on_disconnect: b
             turns.signal_local_cancel(message_id, "disconnected")
 
 
-class ChatTurnView(JsonErrorsMixin, TenantAPIView):
-    """``POST /api/v1/chat``: one streaming turn."""
+class ChatTurnView(OwnThreadMixin, JsonErrorsMixin, TenantAPIView):
+    """``POST /api/v1/chat``: one streaming turn (in a worker thread of its own under ASGI:
+    ``chat.api.own_thread``)."""
 
     write_role = Role.MEMBER
     scope_area = "chat"
@@ -143,7 +148,7 @@ def _after_seq(request) -> int:
     return value
 
 
-class TurnStreamView(JsonErrorsMixin, TenantAPIView):
+class TurnStreamView(OwnThreadMixin, JsonErrorsMixin, TenantAPIView):
     """``GET /api/v1/chat/{message_id}/stream``: follow a turn from any process."""
 
     read_role = Role.MEMBER

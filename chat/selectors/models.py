@@ -37,4 +37,5 @@ def openai_agent_get(*, org, viewer: AgentViewer, model: str) -> Agent:
     agent = agent_list(org=org, viewer=viewer).filter(key=key).first() if key else None
     if agent is None:
         raise ModelNotFound(f"The model '{model}' does not exist or you do not have access to it.")
+    agent.org = org  # the row is the org's: spare the run a query (and a thread hop) for it
     return agent

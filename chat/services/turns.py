@@ -123,12 +123,13 @@ def resolve_agent(*, org, user, agent: Any, viewer: AgentViewer | None = None) -
     if not ref:
         raise ValidationError("agent is required (an agent id or key).", details={"agent": ["Required."]})
     try:
-        return agent_get(org=org, viewer=viewer, agent_id=uuid.UUID(ref))
+        found = agent_get(org=org, viewer=viewer, agent_id=uuid.UUID(ref))
     except ValueError:
         found = agent_list(org=org, viewer=viewer).filter(key=ref).first()
         if found is None:
             raise NotFoundError("Agent not found.") from None
-        return found
+    found.org = org  # the row is the org's: spare the run a query (and a thread hop) for it
+    return found
 
 
 def _clean_message(message: Any) -> str:

@@ -171,8 +171,13 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": env.str("CACHE_KEY_PREFIX", default="platform"),
-            # An unreachable Redis must fail a request (or /health) fast, not hang it.
-            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 5},
+            # An unreachable Redis must fail a request (or /health) fast, not hang it. One pool
+            # per process (not one per request context: see core.redis_pool).
+            "OPTIONS": {
+                "socket_connect_timeout": 2,
+                "socket_timeout": 5,
+                "pool_class": "core.redis_pool.SharedConnectionPool",
+            },
         }
     }
     # channels_redis receives with a blocking BZPOPMIN of 5 s, and redis-py's default socket read

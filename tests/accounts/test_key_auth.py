@@ -20,7 +20,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from accounts import auth_cache, registries
+from accounts import auth_cache, authentication, registries
 from accounts.middleware import UsageWriter
 from accounts.models import ApiKey, ApiKeyUsage, Membership, Role, SecurityEvent
 from accounts.services.keys import api_key_create
@@ -288,10 +288,32 @@ def test_last_used_at_is_written_at_most_once_a_minute(member, org):
     key.refresh_from_db()
     assert key.last_used_at == stamped
 
-    cache.delete(f"auth:last-used:{key.pk}")  # the minute has passed
+    cache.delete(f"auth:last-used:{key.pk}")  # the minute has passed…
+    authentication._last_used_asked.clear()  # …for this process's memo too
     with CaptureQueriesContext(connection) as later:
         client.get(PING)
     assert len(key_updates(later.captured_queries)) == 1
+
+
+def test_a_process_asks_the_cache_about_last_used_once_a_minute_per_key(member, org, monkeypatch):
+    key, raw = api_key_create(org=org, actor=member, name="k")
+    client = bearer(raw)
+    asked = []
+    real_add = cache.add
+
+    def counting_add(name, *args, **kwargs):
+        if name.startswith("auth:last-used:"):
+            asked.append(name)
+        return real_add(name, *args, **kwargs)
+
+    monkeypatch.setattr(authentication.cache, "add", counting_add)
+    for _ in range(3):
+        assert client.get(PING).status_code == 200
+    assert asked == [f"auth:last-used:{key.pk}"]
+    clock = time.monotonic() + authentication.LAST_USED_RESOLUTION.total_seconds() + 1
+    monkeypatch.setattr(authentication.time, "monotonic", lambda: clock)
+    assert client.get(PING).status_code == 200
+    assert len(asked) == 2
 
 
 def _reads_and_writes(queries):
