@@ -38,7 +38,7 @@ from contextlib import aclosing
 from typing import Any
 from uuid import UUID
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync
 
 from agents.models import Agent, AgentRun
 from agents.services.runs import run_finish, run_start
@@ -51,6 +51,7 @@ from agents.tools.registry import (
     openai_tool_schemas,
     tools_for_agent,
 )
+from core.db_threads import run_db
 from core.errors import ApplicationError
 
 FINISH_STOP = "stop"
@@ -204,8 +205,9 @@ async def arun_agent(
     if Agent.org.is_cached(agent):  # the callers' selectors attach the org they scoped by
         org = agent.org
     else:
-        org = await sync_to_async(lambda: agent.org)()  # load the FK off the event loop, once
-    run = await sync_to_async(run_start)(
+        org = await run_db(lambda: agent.org)  # load the FK off the event loop, once
+    run = await run_db(
+        run_start,
         org=org,
         agent=agent,
         user=user,
@@ -217,7 +219,8 @@ async def arun_agent(
     totals = _Totals(agent)
 
     async def finish(status: str, **fields: Any) -> AgentRun:
-        return await sync_to_async(run_finish)(
+        return await run_db(
+            run_finish,
             run=run,
             status=status,
             steps=steps,
@@ -236,9 +239,7 @@ async def arun_agent(
             await on_event({**event, "run_id": str(run.pk)})
 
     try:
-        tools, configs, system_prompt, history = await sync_to_async(_prepare)(
-            agent, user, conversation_id, history
-        )
+        tools, configs, system_prompt, history = await run_db(_prepare, agent, user, conversation_id, history)
         by_name = {tool.name: tool for tool in tools}
         schemas = openai_tool_schemas(tools) or None
         messages = build_messages(system_prompt=system_prompt, history=history, message=message)
