@@ -22,6 +22,7 @@ Progress goes to the document's Job (percent, message), which clients follow by 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import timedelta
@@ -45,6 +46,7 @@ from knowledge.search.keyword import index_chunks
 logger = logging.getLogger(__name__)
 
 MAX_URL_BYTES = parsing.MAX_UPLOAD_BYTES
+PROGRESS_INTERVAL = 1.0  # seconds between progress reports of a batch being embedded
 
 
 class LeaseLost(Exception):
@@ -86,6 +88,23 @@ def _renew(document: Document) -> None:
     lease = timezone.now() + timedelta(seconds=settings.KNOWLEDGE_LEASE_SECONDS)
     if not _mine(document).update(lease_expires_at=lease, updated_at=timezone.now()):
         raise LeaseLost()
+
+
+def _renew_all(documents: list[Document]) -> None:
+    """``_renew`` of many documents in one UPDATE per attempt number; LeaseLost if any was lost."""
+    if len(documents) == 1:
+        _renew(documents[0])
+        return
+    lease = timezone.now() + timedelta(seconds=settings.KNOWLEDGE_LEASE_SECONDS)
+    by_attempt: dict[int, list[Any]] = {}
+    for document in documents:
+        by_attempt.setdefault(document.attempts, []).append(document.pk)
+    for attempts, ids in by_attempt.items():
+        renewed = Document.objects.filter(
+            pk__in=ids, status=Document.Status.PROCESSING, attempts=attempts
+        ).update(lease_expires_at=lease, updated_at=timezone.now())
+        if renewed != len(ids):
+            raise LeaseLost()
 
 
 def _fail(document: Document, code: str, message: str) -> None:
@@ -260,7 +279,6 @@ def _prepare(document: Document) -> list[Chunk]:
     kb = document.kb
     _progress(document, 5, "Reading the document")
     sections = _sections(document)
-    _progress(document, 25, "Chunking")
     drafts = chunk_sections(sections, chunk_size=kb.chunk_size, overlap=kb.chunk_overlap)
     if not drafts:
         raise ApplicationError("The document holds no text.", code="ERR_NO_TEXT")
@@ -387,15 +405,25 @@ def _embed_document(
     if not indexes:
         return None
     chunks = [(row.pk, row.text, row.content_hash) for row in rows]
+    last = [time.monotonic()]
+
+    def report(done: int, total: int) -> None:
+        # A batch of many documents renews their leases in one UPDATE per attempt number and
+        # reports at most every PROGRESS_INTERVAL seconds: per-document writes after every
+        # encoder batch cost as much as the embedding of small documents.
+        if done < total and time.monotonic() - last[0] < PROGRESS_INTERVAL:
+            return
+        last[0] = time.monotonic()
+        _renew_all(documents)
+        percent = 40 + int(55 * done / max(total, 1))
+        for document in documents:
+            if document.job_id:
+                job_progress(
+                    job_id=document.job_id, percent=percent, message=f"Embedded {done}/{total} chunks"
+                )
+
     try:
         for index in indexes:
-
-            def report(done: int, total: int) -> None:
-                for document in documents:
-                    _progress(
-                        document, 40 + int(55 * done / max(total, 1)), f"Embedded {done}/{total} chunks"
-                    )
-
             embed_chunks(index=index, chunks=chunks, org=kb.org, on_batch=report)
     except LeaseLost:
         raise
