@@ -3,7 +3,7 @@
 Run from the project root::
 
     .venv/bin/python bench/retrieval_quality.py [--data /work/shared/data/scifact] [--backend local]
-        [--database-url postgres://…] [--limit-docs N] [--chunk-size 256]
+        [--database-url postgres://…] [--limit-docs N] [--chunk-size 256] [--threads 0]
 
 It boots Django with the production settings on a throwaway SQLite database in a temporary folder
 (or the database of ``--database-url`` / ``DATABASE_URL``; its rows are deleted at the end), makes
@@ -33,13 +33,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _setup(database_url: str | None) -> Path:
+def _setup(database_url: str | None, threads: int | None = None) -> Path:
     workdir = Path(tempfile.mkdtemp(prefix="bench-retrieval-"))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
     os.environ["VAR_DIR"] = str(workdir)
     os.environ["CELERY_BROKER_URL"] = "memory://"  # ingestion runs here, not in a worker
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if threads is not None:  # torch threads of the local model (0: every core)
+        os.environ["KNOWLEDGE_LOCAL_THREADS"] = str(threads)
     if database_url:
         os.environ["DATABASE_URL"] = database_url
     else:
@@ -99,9 +101,14 @@ def main() -> int:
     parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--chunk-overlap", type=int, default=32)
     parser.add_argument("--batch", type=int, default=256, help="documents per ingest_documents call")
+    parser.add_argument(
+        "--threads", type=int, default=0,
+        help="torch threads of the local model, as KNOWLEDGE_LOCAL_THREADS (0: every core, as a worker "
+        "that only ingests would use; the setting's default of 1 suits a web process sharing cores)",
+    )  # fmt: skip
     args = parser.parse_args()
 
-    workdir = _setup(args.database_url)
+    workdir = _setup(args.database_url, args.threads)
     from django.conf import settings
 
     from accounts.models import Organization
@@ -127,7 +134,13 @@ def main() -> int:
             from knowledge.embeddings import embed_texts
 
             embed_texts(org=org, texts=["warm up"], backend="local", model=kb.embedding_model)
-        print(f"corpus: {len(corpus)} documents, {len(queries)} test queries; backend {args.backend}")
+        from knowledge.embeddings import local_precision
+
+        print(
+            f"corpus: {len(corpus)} documents, {len(queries)} test queries; backend {args.backend}; "
+            f"local model threads {settings.KNOWLEDGE_LOCAL_THREADS or os.cpu_count()}, "
+            f"precision {local_precision() if args.backend == 'local' else '-'}"
+        )
         started = time.perf_counter()
         statuses: dict[str | None, int] = {}
         pending: list = []

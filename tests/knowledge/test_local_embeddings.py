@@ -121,3 +121,60 @@ def test_repeated_query_vectors_come_from_the_cache(org, monkeypatch):
     assert calls == [["otters asleep"]] and np.array_equal(first, again)
     assert not again.flags.writeable  # shared: nobody may change it in place
     embeddings._local_query_vector.cache_clear()
+
+
+# --- bulk ingestion: waves encoded in a thread while the next documents are prepared -----------
+
+
+def _local_kb(org, owner):
+    from knowledge.services.bases import kb_create
+
+    return kb_create(
+        org=org, actor=owner, name="Bulk", embedding_backend="local", chunk_size=32, chunk_overlap=0
+    )
+
+
+def test_bulk_ingest_embeds_every_chunk_across_waves(org, owner, monkeypatch):
+    from knowledge.models import Chunk, ChunkEmbedding, Document
+    from knowledge.search import run_search
+    from knowledge.services import ingest
+    from knowledge.services.documents import document_create_from_text
+
+    monkeypatch.setattr(ingest, "WAVE_CHUNKS", 3)  # many small waves
+    kb = _local_kb(org, owner)
+    topics = ["sea otters sleep holding hands", "sourdough rises with wild yeast", "volcanoes erupt lava"]
+    documents = [
+        document_create_from_text(
+            kb=kb, actor=owner, title=f"Doc {n}", text=f"Note {n}. " + " ".join([topics[n % 3]] * 12)
+        )
+        for n in range(7)
+    ]
+    outcomes = ingest.ingest_documents([d.pk for d in documents])
+    assert set(outcomes.values()) == {"ready"}
+    kb.refresh_from_db()
+    chunks = Chunk.objects.filter(kb=kb).count()
+    assert chunks > 7 and ChunkEmbedding.objects.filter(index=kb.active_index).count() == chunks
+    assert all(Document.objects.get(pk=d.pk).embedded for d in documents)
+    assert run_search(kb=kb, query="marine mammals resting", mode="vector").hits[0].text.count("otters")
+
+
+def test_bulk_ingest_keeps_documents_searchable_by_keyword_when_the_encoder_fails(org, owner, monkeypatch):
+    from knowledge.models import ChunkEmbedding, Document
+    from knowledge.services import ingest
+    from knowledge.services.documents import document_create_from_text
+
+    def broken(index, texts):
+        raise RuntimeError("encoder crashed")
+
+    monkeypatch.setattr(ingest, "_encode_local", broken)
+    kb = _local_kb(org, owner)
+    documents = [
+        document_create_from_text(
+            kb=kb, actor=owner, title=f"D{n}", text=f"Document number {n} about otters."
+        )
+        for n in range(3)
+    ]
+    outcomes = ingest.ingest_documents([d.pk for d in documents])
+    assert set(outcomes.values()) == {"ready"}
+    assert not ChunkEmbedding.objects.filter(index__kb=kb).exists()
+    assert {Document.objects.get(pk=d.pk).error_code for d in documents} == {"ERR_EMBEDDING_FAILED"}
