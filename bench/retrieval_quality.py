@@ -57,6 +57,16 @@ def _setup(database_url: str | None, threads: int | None = None) -> Path:
     return workdir
 
 
+def analyze_tables() -> None:
+    """PostgreSQL: refresh the planner's statistics after a bulk load, as autovacuum soon would
+    (without them it intersects the KB's whole btree with the GIN index on every keyword query)."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE knowledge_chunk, knowledge_document, knowledge_chunkembedding")
+
+
 def _load(data: Path, limit_docs: int | None):
     with open(data / "corpus.jsonl") as handle:
         corpus = [json.loads(line) for line in handle]
@@ -141,7 +151,7 @@ def main() -> int:
             f"local model threads {settings.KNOWLEDGE_LOCAL_THREADS or os.cpu_count()}, "
             f"precision {local_precision() if args.backend == 'local' else '-'}"
         )
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         statuses: dict[str | None, int] = {}
         pending: list = []
         for number, doc in enumerate(corpus, start=1):
@@ -158,8 +168,13 @@ def main() -> int:
                 rate = number / (time.perf_counter() - started)
                 print(f"  ingested {number}/{len(corpus)} ({rate:.1f} docs/s)", flush=True)
         ingest_seconds = time.perf_counter() - started
+        ingest_cpu = time.process_time() - cpu_started  # every thread of this process: load-independent
+        analyze_tables()
         chunks = Chunk.objects.filter(kb=kb).count()
-        print(f"ingestion: {ingest_seconds:.1f} s for {len(corpus)} documents, {chunks} chunks; {statuses}")
+        print(
+            f"ingestion: {ingest_seconds:.1f} s for {len(corpus)} documents, {chunks} chunks; {statuses}; "
+            f"CPU {ingest_cpu:.1f} s; load average {os.getloadavg()[0]:.1f}"
+        )
 
         beir_of = {  # SQLite's JSON extraction turns "4983" into 4983
             pk: str(beir_id)

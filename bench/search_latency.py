@@ -30,7 +30,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from retrieval_quality import _setup  # noqa: E402 - the bench folder is not a package
+from retrieval_quality import _setup, analyze_tables  # noqa: E402 - the bench folder is not a package
 
 DIMENSION = 384
 
@@ -121,6 +121,7 @@ def main() -> int:
             )
         IndexVersion.objects.filter(pk=index.pk).update(revision=F("revision") + 1)
         print(f"vectors: {len(ids)} x {DIMENSION} written in {time.perf_counter() - began:.1f} s")
+        analyze_tables()
         kb.refresh_from_db()
 
         if backend != "local":  # no local model: embed queries with random vectors of the right size
