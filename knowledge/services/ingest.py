@@ -293,10 +293,15 @@ def _guarded(document: Document, step: Callable[[], Any]) -> tuple[bool, Any]:
         return False, Document.Status.FAILED
 
 
-def _prepare(document: Document) -> list[Chunk]:
-    """Read, parse and chunk the document; replace its chunks (and full-text entries) in one go."""
+def _prepare(document: Document, *, report: bool = True) -> list[Chunk]:
+    """Read, parse and chunk the document; replace its chunks (and full-text entries) in one go.
+
+    ``report=False`` (bulk ingestion of many small documents) skips the two progress writes: the
+    claim has just set the lease, and the wave reports and finishes the job moments later.
+    """
     kb = document.kb
-    _progress(document, 5, "Reading the document")
+    if report:
+        _progress(document, 5, "Reading the document")
     sections = _sections(document)
     drafts = chunk_sections(sections, chunk_size=kb.chunk_size, overlap=kb.chunk_overlap)
     if not drafts:
@@ -328,7 +333,8 @@ def _prepare(document: Document) -> list[Chunk]:
         _mine(document).update(
             chunk_count=len(rows), token_count=sum(d.token_count for d in drafts), embedded=False
         )
-    _progress(document, 40, f"{len(rows)} chunks; embedding")
+    if report:
+        _progress(document, 40, f"{len(rows)} chunks; embedding")
     return rows
 
 
@@ -434,9 +440,17 @@ def _finish_wave(wave: _Wave, outcomes: dict[str, str | None]) -> None:
     finally:
         for future in wave.pending.values():
             future.cancel()
-    for document, rows in wave.group:
-        ok, status = _guarded(document, lambda d=document, r=rows, e=embed_error: _finish(d, r, e))
-        outcomes[str(document.pk)] = status
+    # One transaction for the wave (each document's in a savepoint): one commit, not three per
+    # document, which is what PostgreSQL's synchronous commits made the bulk of the work.
+    with transaction.atomic():
+        for document, rows in wave.group:
+            ok, status = _guarded(document, lambda d=document, r=rows, e=embed_error: _finish_atomic(d, r, e))
+            outcomes[str(document.pk)] = status
+
+
+def _finish_atomic(document: Document, rows: list[Chunk], embed_error: tuple[str, str] | None) -> str:
+    with transaction.atomic():  # a savepoint: a failure rolls back this document only
+        return _finish(document, rows, embed_error)
 
 
 def ingest_documents(document_ids: Iterable[uuid.UUID | str]) -> dict[str, str | None]:
@@ -467,7 +481,7 @@ def ingest_documents(document_ids: Iterable[uuid.UUID | str]) -> dict[str, str |
         if document is None:
             outcomes[str(document_id)] = outcome
             continue
-        ok, rows = _guarded(document, lambda document=document: _prepare(document))
+        ok, rows = _guarded(document, lambda document=document: _prepare(document, report=False))
         if not ok:
             outcomes[str(document.pk)] = rows
             continue
