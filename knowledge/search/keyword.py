@@ -56,6 +56,17 @@ def _as_uuid(value: object) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
 
+# PostgreSQL: a term (lexeme) found in more chunks of the KB than this still scores, but does not
+# select candidates on its own: ``ts_rank_cd`` reads the tsvector of every candidate (~10 µs a row),
+# so an OR with a word in half of a 100k-chunk KB cost ~0.6 s. Chunks holding only such words
+# rank low anyway (they share nothing rare with the query).
+COMMON_CHUNKS = 2000
+_DF_TTL_SECONDS = 300.0
+_DF_CACHE_SIZE = 4096
+_df_cache: OrderedDict[tuple[str, str, str], tuple[float, int]] = OrderedDict()
+_df_lock = threading.Lock()  # the cache of document frequencies of both databases
+
+
 def _informative_terms(cursor, terms: list[str]) -> list[str]:
     """Drop terms found in more than half of all chunks (keeping the rarest one at least).
 
@@ -71,26 +82,23 @@ def _informative_terms(cursor, terms: list[str]) -> list[str]:
     if half < 1000:  # small tables are cheap to scan whole
         return terms
     frequency = {}
+    now = time.monotonic()
     for term in terms:
+        key = ("sqlite", term, str(half))  # the counts are capped at half the table: keyed by it
+        with _df_lock:
+            cached = _df_cache.get(key)
+        if cached is not None and now - cached[0] < _DF_TTL_SECONDS:
+            frequency[term] = cached[1]
+            continue
         cursor.execute(
             "SELECT count(*) FROM (SELECT 1 FROM knowledge_chunk_fts "
             "WHERE knowledge_chunk_fts MATCH %s LIMIT %s)",
             ['"' + term.replace('"', "") + '"', half + 1],
         )
         frequency[term] = cursor.fetchone()[0]
+        _remember(key, now, frequency[term])
     kept = [term for term in terms if frequency[term] <= half]
     return kept or [min(terms, key=frequency.__getitem__)]
-
-
-# PostgreSQL: a term (lexeme) found in more chunks of the KB than this still scores, but does not
-# select candidates on its own: ``ts_rank_cd`` reads the tsvector of every candidate (~10 µs a row),
-# so an OR with a word in half of a 100k-chunk KB cost ~0.6 s. Chunks holding only such words
-# rank low anyway (they share nothing rare with the query).
-COMMON_CHUNKS = 2000
-_DF_TTL_SECONDS = 300.0
-_DF_CACHE_SIZE = 4096
-_df_cache: OrderedDict[tuple[str, str, str], tuple[float, int]] = OrderedDict()
-_df_lock = threading.Lock()
 
 
 def _pg_document_frequency(cursor, kb_id: uuid.UUID, lexemes: list[str]) -> dict[str, int]:
@@ -112,12 +120,16 @@ def _pg_document_frequency(cursor, kb_id: uuid.UUID, lexemes: list[str]) -> dict
             [kb_id, lexeme, COMMON_CHUNKS + 1],
         )
         found[lexeme] = cursor.fetchone()[0]
-        with _df_lock:
-            _df_cache[(str(kb_id), lexeme, "")] = (now, found[lexeme])
-            _df_cache.move_to_end((str(kb_id), lexeme, ""))
-            while len(_df_cache) > _DF_CACHE_SIZE:
-                _df_cache.popitem(last=False)
+        _remember((str(kb_id), lexeme, ""), now, found[lexeme])
     return found
+
+
+def _remember(key: tuple[str, str, str], at: float, count: int) -> None:
+    with _df_lock:
+        _df_cache[key] = (at, count)
+        _df_cache.move_to_end(key)
+        while len(_df_cache) > _DF_CACHE_SIZE:
+            _df_cache.popitem(last=False)
 
 
 def _pg_search(
