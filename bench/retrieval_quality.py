@@ -3,7 +3,7 @@
 Run from the project root::
 
     .venv/bin/python bench/retrieval_quality.py [--data /work/shared/data/scifact] [--backend local]
-        [--database-url postgres://…] [--limit-docs N] [--chunk-size 256] [--threads 0]
+        [--database-url postgres://…] [--limit-docs N] [--chunk-size 256] [--threads 1]
 
 It boots Django with the production settings on a throwaway SQLite database in a temporary folder
 (or the database of ``--database-url`` / ``DATABASE_URL``; its rows are deleted at the end), makes
@@ -112,9 +112,9 @@ def main() -> int:
     parser.add_argument("--chunk-overlap", type=int, default=32)
     parser.add_argument("--batch", type=int, default=256, help="documents per ingest_documents call")
     parser.add_argument(
-        "--threads", type=int, default=0,
-        help="torch threads of the local model, as KNOWLEDGE_LOCAL_THREADS (0: every core, as a worker "
-        "that only ingests would use; the setting's default of 1 suits a web process sharing cores)",
+        "--threads", type=int, default=1,
+        help="torch threads of the local model, as KNOWLEDGE_LOCAL_THREADS (1: the other core does the "
+        "database work of the pipelined bulk ingestion; 0: every core)",
     )  # fmt: skip
     args = parser.parse_args()
 
