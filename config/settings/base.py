@@ -499,6 +499,9 @@ KNOWLEDGE_EMBED_BATCH = env.int("KNOWLEDGE_EMBED_BATCH", default=64)
 # (about 2x faster, but vectors drift from the float model's: cosine ~0.93, so off by default).
 KNOWLEDGE_LOCAL_THREADS = env.int("KNOWLEDGE_LOCAL_THREADS", default=1)
 KNOWLEDGE_LOCAL_QUANTIZE = env.bool("KNOWLEDGE_LOCAL_QUANTIZE", default=False)
+# Local model arithmetic: auto (bfloat16 where the CPU has native bf16 units, ~3x faster at cosine
+# > 0.9999 to float32; else fp32), fp32, or bf16.
+KNOWLEDGE_LOCAL_PRECISION = env.str("KNOWLEDGE_LOCAL_PRECISION", default="auto")
 # Reciprocal rank fusion of hybrid search: k and the weight of each side.
 KNOWLEDGE_RRF_K = env.int("KNOWLEDGE_RRF_K", default=60)
 KNOWLEDGE_RRF_KEYWORD_WEIGHT = env.float("KNOWLEDGE_RRF_KEYWORD_WEIGHT", default=1.0)

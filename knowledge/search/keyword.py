@@ -11,7 +11,10 @@ Both return ``[(chunk_id, score)]`` best first, scores higher-is-better.
 from __future__ import annotations
 
 import re
+import threading
+import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable
 
 from django.db import connection
@@ -53,6 +56,17 @@ def _as_uuid(value: object) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
 
+# PostgreSQL: a term (lexeme) found in more chunks of the KB than this still scores, but does not
+# select candidates on its own: ``ts_rank_cd`` reads the tsvector of every candidate (~10 µs a row),
+# so an OR with a word in half of a 100k-chunk KB cost ~0.6 s. Chunks holding only such words
+# rank low anyway (they share nothing rare with the query).
+COMMON_CHUNKS = 2000
+_DF_TTL_SECONDS = 300.0
+_DF_CACHE_SIZE = 4096
+_df_cache: OrderedDict[tuple[str, str, str], tuple[float, int]] = OrderedDict()
+_df_lock = threading.Lock()  # the cache of document frequencies of both databases
+
+
 def _informative_terms(cursor, terms: list[str]) -> list[str]:
     """Drop terms found in more than half of all chunks (keeping the rarest one at least).
 
@@ -68,15 +82,92 @@ def _informative_terms(cursor, terms: list[str]) -> list[str]:
     if half < 1000:  # small tables are cheap to scan whole
         return terms
     frequency = {}
+    now = time.monotonic()
     for term in terms:
+        key = ("sqlite", term, str(half))  # the counts are capped at half the table: keyed by it
+        with _df_lock:
+            cached = _df_cache.get(key)
+        if cached is not None and now - cached[0] < _DF_TTL_SECONDS:
+            frequency[term] = cached[1]
+            continue
         cursor.execute(
             "SELECT count(*) FROM (SELECT 1 FROM knowledge_chunk_fts "
             "WHERE knowledge_chunk_fts MATCH %s LIMIT %s)",
             ['"' + term.replace('"', "") + '"', half + 1],
         )
         frequency[term] = cursor.fetchone()[0]
+        _remember(key, now, frequency[term])
     kept = [term for term in terms if frequency[term] <= half]
     return kept or [min(terms, key=frequency.__getitem__)]
+
+
+def _pg_document_frequency(cursor, kb_id: uuid.UUID, lexemes: list[str]) -> dict[str, int]:
+    """Chunks of the KB matching each tsquery, counted up to ``COMMON_CHUNKS + 1`` (cached a while:
+    frequencies move slowly, and a query of common words would otherwise count them every time)."""
+    now = time.monotonic()
+    found: dict[str, int] = {}
+    with _df_lock:
+        for lexeme in lexemes:
+            cached = _df_cache.get((str(kb_id), lexeme, ""))
+            if cached is not None and now - cached[0] < _DF_TTL_SECONDS:
+                found[lexeme] = cached[1]
+    for lexeme in lexemes:
+        if lexeme in found:
+            continue
+        cursor.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM knowledge_chunk WHERE kb_id = %s AND tsv @@ %s::tsquery "
+            "LIMIT %s) AS matches",
+            [kb_id, lexeme, COMMON_CHUNKS + 1],
+        )
+        found[lexeme] = cursor.fetchone()[0]
+        _remember((str(kb_id), lexeme, ""), now, found[lexeme])
+    return found
+
+
+def _remember(key: tuple[str, str, str], at: float, count: int) -> None:
+    with _df_lock:
+        _df_cache[key] = (at, count)
+        _df_cache.move_to_end(key)
+        while len(_df_cache) > _DF_CACHE_SIZE:
+            _df_cache.popitem(last=False)
+
+
+def _pg_search(
+    cursor, kb_id: uuid.UUID, config: str, terms: list[str], limit: int, doc_clause: str, doc_params: list
+) -> list[tuple[uuid.UUID, float]]:
+    """Rank by ``ts_rank_cd`` over every query lexeme, among the chunks that hold a rare one.
+
+    The lexemes come from ``plainto_tsquery`` per word (stemmed, stop words dropped). Candidates are
+    the chunks matching any lexeme found in at most ``COMMON_CHUNKS`` chunks; when every lexeme is
+    common, the chunks holding all of them; when those are fewer than ``limit``, every match (the
+    plain OR, exact but slow on a big KB).
+    """
+    cursor.execute(
+        "SELECT plainto_tsquery(%s::regconfig, word)::text FROM unnest(%s::text[]) AS word",
+        [config, terms],
+    )
+    lexemes = list(dict.fromkeys(row[0] for row in cursor.fetchall() if row[0]))
+    if not lexemes:
+        return []
+    scoring = " | ".join(f"({lexeme})" for lexeme in lexemes)
+    candidates = [scoring]
+    if len(lexemes) > 1:
+        frequency = _pg_document_frequency(cursor, kb_id, lexemes)
+        rare = [lexeme for lexeme in lexemes if frequency[lexeme] <= COMMON_CHUNKS]
+        narrow = " | ".join(f"({lexeme})" for lexeme in rare) if rare else " & ".join(lexemes)
+        candidates.insert(0, narrow)
+    sql = (  # noqa: S608 - the SQL is a constant with placeholders
+        "SELECT c.id, ts_rank_cd(c.tsv, %s::tsquery, 1) AS score FROM knowledge_chunk c "
+        "WHERE c.kb_id = %s AND c.tsv @@ %s::tsquery{docs} ORDER BY score DESC, c.id LIMIT %s"
+    ).replace("{docs}", doc_clause)  # only placeholders go in
+    rows: list = []
+    for position, candidate in enumerate(candidates):
+        cursor.execute(sql, [scoring, kb_id, candidate, *doc_params, limit])
+        rows = cursor.fetchall()
+        if len(rows) >= limit or position == len(candidates) - 1:
+            break
+        # Too few among the narrow candidates: widen to every match (exact) only if that adds rows.
+    return [(_as_uuid(row[0]), float(row[1])) for row in rows]
 
 
 def keyword_search(
@@ -101,16 +192,7 @@ def keyword_search(
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             config = language if language in LANGUAGES else "simple"
-            sql = (  # noqa: S608 - the SQL is a constant with placeholders
-                "SELECT c.id, ts_rank_cd(c.tsv, q, 1) AS score FROM knowledge_chunk c, (SELECT "
-                "replace(plainto_tsquery(%s::regconfig, %s)::text, ' & ', ' | ')::tsquery AS q) AS query "
-                "WHERE c.kb_id = %s AND c.tsv @@ q{docs} ORDER BY score DESC LIMIT %s"
-            ).replace("{docs}", doc_clause)  # only placeholders go in
-            cursor.execute(
-                sql,
-                [config, " ".join(terms), kb_id, *doc_params, limit],
-            )
-            return [(_as_uuid(row[0]), float(row[1])) for row in cursor.fetchall()]
+            return _pg_search(cursor, kb_id, config, terms, limit, doc_clause, doc_params)
         if connection.vendor == "sqlite":
             terms = _informative_terms(cursor, terms)
             match = " OR ".join('"' + term.replace('"', "") + '"' for term in terms)

@@ -119,16 +119,19 @@ def forget(index_id: uuid.UUID) -> None:
     _cache.pop(index_id, None)
 
 
-def vector_search(
-    *, index: IndexVersion, query_vector: np.ndarray, limit: int, document_ids: set[uuid.UUID] | None = None
+def rank(
+    entry: _Entry, query_vector: np.ndarray, limit: int, document_ids: set[uuid.UUID] | None = None
 ) -> list[tuple[uuid.UUID, float]]:
-    """The ``limit`` chunks most similar to ``query_vector`` (cosine), best first."""
-    entry = matrix_for(index)
+    """The ``limit`` rows of ``entry`` most similar to ``query_vector``, best first.
+
+    Pure numpy on an already loaded entry (no database), so it can run in a worker thread next to
+    the keyword query.
+    """
     if entry.matrix.shape[0] == 0 or limit <= 0:
         return []
     if entry.matrix.shape[1] != query_vector.shape[0]:
         return []
-    scores = entry.matrix @ query_vector.astype(np.float32)
+    scores = entry.matrix @ query_vector.astype(np.float32, copy=False)
     if document_ids is not None:
         allowed = np.zeros(len(entry.documents), dtype=bool)
         for document_id in document_ids:
@@ -140,3 +143,10 @@ def vector_search(
     top = np.argpartition(-scores, count - 1)[:count]
     top = top[np.argsort(-scores[top])]
     return [(entry.chunk_ids[i], float(scores[i])) for i in top if np.isfinite(scores[i])]
+
+
+def vector_search(
+    *, index: IndexVersion, query_vector: np.ndarray, limit: int, document_ids: set[uuid.UUID] | None = None
+) -> list[tuple[uuid.UUID, float]]:
+    """The ``limit`` chunks most similar to ``query_vector`` (cosine), best first."""
+    return rank(matrix_for(index), query_vector, limit, document_ids)

@@ -21,9 +21,13 @@ Progress goes to the document's Job (percent, message), which clients follow by 
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -45,6 +49,7 @@ from knowledge.search.keyword import index_chunks
 logger = logging.getLogger(__name__)
 
 MAX_URL_BYTES = parsing.MAX_UPLOAD_BYTES
+PROGRESS_INTERVAL = 1.0  # seconds between progress reports of a batch being embedded
 
 
 class LeaseLost(Exception):
@@ -86,6 +91,23 @@ def _renew(document: Document) -> None:
     lease = timezone.now() + timedelta(seconds=settings.KNOWLEDGE_LEASE_SECONDS)
     if not _mine(document).update(lease_expires_at=lease, updated_at=timezone.now()):
         raise LeaseLost()
+
+
+def _renew_all(documents: list[Document]) -> None:
+    """``_renew`` of many documents in one UPDATE per attempt number; LeaseLost if any was lost."""
+    if len(documents) == 1:
+        _renew(documents[0])
+        return
+    lease = timezone.now() + timedelta(seconds=settings.KNOWLEDGE_LEASE_SECONDS)
+    by_attempt: dict[int, list[Any]] = {}
+    for document in documents:
+        by_attempt.setdefault(document.attempts, []).append(document.pk)
+    for attempts, ids in by_attempt.items():
+        renewed = Document.objects.filter(
+            pk__in=ids, status=Document.Status.PROCESSING, attempts=attempts
+        ).update(lease_expires_at=lease, updated_at=timezone.now())
+        if renewed != len(ids):
+            raise LeaseLost()
 
 
 def _fail(document: Document, code: str, message: str) -> None:
@@ -158,32 +180,48 @@ def target_indexes(kb_id: Any) -> list[IndexVersion]:
     )
 
 
-def embed_chunks(
-    *, index: IndexVersion, chunks: list[tuple[uuid.UUID, str, str]], org: Any,
-    on_batch: Callable[[int, int], None] | None = None,
-) -> int:  # fmt: skip
-    """Store vectors of ``chunks`` (``(id, text, content_hash)``) in ``index``; returns how many.
-
-    Text already embedded in this version (same hash) is copied; the rest is embedded in batches.
-    """
-    if not chunks:
-        return 0
-    hashes = {content_hash for _, _, content_hash in chunks}
+def known_vectors(index: IndexVersion, hashes: Iterable[str]) -> dict[str, bytes]:
+    """Vectors ``index`` already holds for these chunk texts (by content hash)."""
     known: dict[str, bytes] = {}
     for content_hash, blob in (
-        ChunkEmbedding.objects.filter(index=index, chunk__content_hash__in=list(hashes))
+        ChunkEmbedding.objects.filter(index=index, chunk__content_hash__in=list(set(hashes)))
         .values_list("chunk__content_hash", "vector")
         .iterator()
     ):
         known.setdefault(content_hash, bytes(blob))
-    todo = [(cid, text, h) for cid, text, h in chunks if h not in known]
+    return known
+
+
+def embed_chunks(
+    *, index: IndexVersion, chunks: list[tuple[uuid.UUID, str, str]], org: Any,
+    on_batch: Callable[[int, int], None] | None = None,
+    precomputed: Callable[[], dict[str, np.ndarray]] | None = None,
+) -> int:  # fmt: skip
+    """Store vectors of ``chunks`` (``(id, text, content_hash)``) in ``index``; returns how many.
+
+    Text already embedded in this version (same hash) is copied; the rest is embedded in batches.
+    ``precomputed`` returns vectors by content hash computed elsewhere (a thread that encoded them
+    while this one did database work); whatever it lacks is embedded here.
+    """
+    if not chunks:
+        return 0
+    known = known_vectors(index, (content_hash for _, _, content_hash in chunks))
+    ready = precomputed() if precomputed is not None else {}
+    todo, seen = [], set(known)
+    for cid, text, content_hash in chunks:
+        if content_hash not in seen:
+            seen.add(content_hash)
+            todo.append((cid, text, content_hash))
     batch = max(1, settings.KNOWLEDGE_EMBED_BATCH) * 4
     stored = 0
     for start in range(0, len(todo), batch):
         part = todo[start : start + batch]
-        vectors = embed_texts(
-            org=org, texts=[text for _, text, _ in part], backend=index.backend, model=index.model
-        )
+        if all(content_hash in ready for _, _, content_hash in part):
+            vectors = np.stack([ready[content_hash] for _, _, content_hash in part])
+        else:
+            vectors = embed_texts(
+                org=org, texts=[text for _, text, _ in part], backend=index.backend, model=index.model
+            )
         if vectors is None:
             return stored
         if index.dimension is None:
@@ -255,12 +293,16 @@ def _guarded(document: Document, step: Callable[[], Any]) -> tuple[bool, Any]:
         return False, Document.Status.FAILED
 
 
-def _prepare(document: Document) -> list[Chunk]:
-    """Read, parse and chunk the document; replace its chunks (and full-text entries) in one go."""
+def _prepare(document: Document, *, report: bool = True) -> list[Chunk]:
+    """Read, parse and chunk the document; replace its chunks (and full-text entries) in one go.
+
+    ``report=False`` (bulk ingestion of many small documents) skips the two progress writes: the
+    claim has just set the lease, and the wave reports and finishes the job moments later.
+    """
     kb = document.kb
-    _progress(document, 5, "Reading the document")
+    if report:
+        _progress(document, 5, "Reading the document")
     sections = _sections(document)
-    _progress(document, 25, "Chunking")
     drafts = chunk_sections(sections, chunk_size=kb.chunk_size, overlap=kb.chunk_overlap)
     if not drafts:
         raise ApplicationError("The document holds no text.", code="ERR_NO_TEXT")
@@ -291,7 +333,8 @@ def _prepare(document: Document) -> list[Chunk]:
         _mine(document).update(
             chunk_count=len(rows), token_count=sum(d.token_count for d in drafts), embedded=False
         )
-    _progress(document, 40, f"{len(rows)} chunks; embedding")
+    if report:
+        _progress(document, 40, f"{len(rows)} chunks; embedding")
     return rows
 
 
@@ -344,59 +387,151 @@ def ingest_document(document_id: uuid.UUID | str) -> str | None:
     return status
 
 
+WAVE_CHUNKS = 128  # chunks per wave of a bulk ingestion (encoded while the next wave is prepared)
+
+
+@functools.cache
+def _encoder_thread() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="knowledge-ingest-embed")
+
+
+def _encode_local(index: IndexVersion, texts: dict[str, str]) -> dict[str, np.ndarray]:
+    """Vectors of ``texts`` (by content hash) from the local model: no database, thread-safe."""
+    if not texts:
+        return {}
+    hashes = list(texts)
+    vectors = embed_texts(org=None, texts=[texts[h] for h in hashes], backend="local", model=index.model)
+    if vectors is None:
+        return {}
+    return dict(zip(hashes, vectors, strict=True))
+
+
+@dataclass
+class _Wave:
+    """Prepared documents of one KB whose local-model vectors are being computed in a thread."""
+
+    group: list[tuple[Document, list[Chunk]]]
+    indexes: list[IndexVersion]
+    pending: dict[Any, Future] = field(default_factory=dict)
+
+
+def _start_wave(group: list[tuple[Document, list[Chunk]]]) -> _Wave:
+    kb_id = group[0][0].kb_id
+    wave = _Wave(group=group, indexes=target_indexes(kb_id))
+    texts = {row.content_hash: row.text for _, rows in group for row in rows}
+    for index in wave.indexes:
+        if index.backend != "local":
+            continue  # the provider goes through the choke point (database, network): on this thread
+        known = known_vectors(index, texts)
+        todo = {h: text for h, text in texts.items() if h not in known}
+        wave.pending[index.pk] = _encoder_thread().submit(_encode_local, index, todo)
+    return wave
+
+
+def _finish_wave(wave: _Wave, outcomes: dict[str, str | None]) -> None:
+    documents = [document for document, _ in wave.group]
+    all_rows = [row for _, rows in wave.group for row in rows]
+    try:
+        embed_error = _embed_document(
+            documents, documents[0].kb, all_rows, indexes=wave.indexes, pending=wave.pending
+        )
+    except LeaseLost:
+        embed_error = ("ERR_EMBEDDING_FAILED", "A document of the batch was taken over; vectors to backfill.")
+    finally:
+        for future in wave.pending.values():
+            future.cancel()
+    # One transaction for the wave (each document's in a savepoint): one commit, not three per
+    # document, which is what PostgreSQL's synchronous commits made the bulk of the work.
+    with transaction.atomic():
+        for document, rows in wave.group:
+            ok, status = _guarded(document, lambda d=document, r=rows, e=embed_error: _finish_atomic(d, r, e))
+            outcomes[str(document.pk)] = status
+
+
+def _finish_atomic(document: Document, rows: list[Chunk], embed_error: tuple[str, str] | None) -> str:
+    with transaction.atomic():  # a savepoint: a failure rolls back this document only
+        return _finish(document, rows, embed_error)
+
+
 def ingest_documents(document_ids: Iterable[uuid.UUID | str]) -> dict[str, str | None]:
-    """Ingest several documents of one KB together: each is claimed, parsed and chunked on its own
-    (one bad file fails alone), then the chunks of all are embedded in shared batches, which keeps
-    a local model busy with full batches (bulk uploads, benchmarks). Returns each one's status."""
+    """Ingest several documents together (bulk uploads, benchmarks); returns each one's status.
+
+    Each document is claimed, parsed and chunked on its own (one bad file fails alone). Their chunks
+    are embedded in waves of about ``WAVE_CHUNKS`` of one KB: while a local model encodes one wave
+    in a thread (torch releases the GIL), this thread prepares the next documents and stores and
+    finishes the previous wave, so the database work hides behind the encoding instead of adding
+    to it. Full batches keep the model efficient too.
+    """
     outcomes: dict[str, str | None] = {}
-    prepared: list[tuple[Document, list[Chunk]]] = []
+    group: list[tuple[Document, list[Chunk]]] = []
+    running: _Wave | None = None
+
+    def flush() -> None:
+        nonlocal group, running
+        if not group:
+            return
+        started = _start_wave(group)  # queued behind the running wave's encoding
+        group = []
+        if running is not None:
+            _finish_wave(running, outcomes)
+        running = started
+
     for document_id in document_ids:
         document, outcome = _claim_for_work(document_id)
         if document is None:
             outcomes[str(document_id)] = outcome
             continue
-        ok, rows = _guarded(document, lambda document=document: _prepare(document))
-        if ok:
-            prepared.append((document, rows))
-        else:
+        ok, rows = _guarded(document, lambda document=document: _prepare(document, report=False))
+        if not ok:
             outcomes[str(document.pk)] = rows
-    by_kb: dict[Any, list[tuple[Document, list[Chunk]]]] = {}
-    for document, rows in prepared:
-        by_kb.setdefault(document.kb_id, []).append((document, rows))
-    for group in by_kb.values():
-        documents = [document for document, _ in group]
-        all_rows = [row for _, rows in group for row in rows]
-        try:
-            embed_error = _embed_document(documents, documents[0].kb, all_rows)
-        except LeaseLost:
-            embed_error = (
-                "ERR_EMBEDDING_FAILED",
-                "A document of the batch was taken over; vectors to backfill.",
-            )
-        for document, rows in group:
-            ok, status = _guarded(document, lambda d=document, r=rows, e=embed_error: _finish(d, r, e))
-            outcomes[str(document.pk)] = status
+            continue
+        if group and group[0][0].kb_id != document.kb_id:
+            flush()
+        group.append((document, rows))
+        if sum(len(chunk_rows) for _, chunk_rows in group) >= WAVE_CHUNKS:
+            flush()
+    flush()
+    if running is not None:
+        _finish_wave(running, outcomes)
     return outcomes
 
 
 def _embed_document(
-    documents: list[Document], kb: KnowledgeBase, rows: list[Chunk]
-) -> tuple[str, str] | None:
-    """Vectors of the new chunks in every target version; the error (code, message) if it failed."""
-    indexes = target_indexes(kb.pk)
+    documents: list[Document], kb: KnowledgeBase, rows: list[Chunk],
+    indexes: list[IndexVersion] | None = None, pending: dict[Any, Future] | None = None,
+) -> tuple[str, str] | None:  # fmt: skip
+    """Vectors of the new chunks in every target version; the error (code, message) if it failed.
+
+    ``pending``: per index id, a future of vectors by content hash already being computed.
+    """
+    indexes = target_indexes(kb.pk) if indexes is None else indexes
     if not indexes:
         return None
     chunks = [(row.pk, row.text, row.content_hash) for row in rows]
+    last = [time.monotonic()]
+
+    def report(done: int, total: int) -> None:
+        # A batch of many documents renews their leases in one UPDATE per attempt number and
+        # reports at most every PROGRESS_INTERVAL seconds: per-document writes after every
+        # encoder batch cost as much as the embedding of small documents.
+        if done < total and time.monotonic() - last[0] < PROGRESS_INTERVAL:
+            return
+        last[0] = time.monotonic()
+        _renew_all(documents)
+        percent = 40 + int(55 * done / max(total, 1))
+        for document in documents:
+            if document.job_id:
+                job_progress(
+                    job_id=document.job_id, percent=percent, message=f"Embedded {done}/{total} chunks"
+                )
+
     try:
         for index in indexes:
-
-            def report(done: int, total: int) -> None:
-                for document in documents:
-                    _progress(
-                        document, 40 + int(55 * done / max(total, 1)), f"Embedded {done}/{total} chunks"
-                    )
-
-            embed_chunks(index=index, chunks=chunks, org=kb.org, on_batch=report)
+            future = (pending or {}).get(index.pk)
+            embed_chunks(
+                index=index, chunks=chunks, org=kb.org, on_batch=report,
+                precomputed=future.result if future is not None else None,
+            )  # fmt: skip
     except LeaseLost:
         raise
     except ApplicationError as exc:

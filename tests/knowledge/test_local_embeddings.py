@@ -45,3 +45,136 @@ def test_a_local_kb_ingests_and_searches_by_meaning(org, owner):
     run_pending_jobs()
     result = run_search(kb=kb, query="marine mammals resting together", mode="vector")
     assert result.hits[0].title == "Otters" and result.mode_used == "vector"
+
+
+# --- precision: bf16 where the CPU has it, fp32 otherwise, never a failure --------------------
+
+
+@pytest.fixture
+def fresh_precision():
+    from knowledge import embeddings
+
+    embeddings.local_precision.cache_clear()
+    yield embeddings
+    embeddings.local_precision.cache_clear()
+
+
+def test_precision_fp32_when_asked(settings, fresh_precision):
+    settings.KNOWLEDGE_LOCAL_PRECISION = "fp32"
+    assert fresh_precision.local_precision() == "fp32"
+
+
+def test_bf16_falls_back_to_fp32_on_a_cpu_without_bf16_units(settings, fresh_precision, monkeypatch):
+    settings.KNOWLEDGE_LOCAL_PRECISION = "bf16"
+    monkeypatch.setattr(fresh_precision, "_cpu_has_bf16", lambda: False)
+    assert fresh_precision.local_precision() == "fp32"
+
+
+def test_bf16_falls_back_to_fp32_when_autocast_fails(settings, fresh_precision, monkeypatch):
+    import torch
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no bf16 kernels in this build")
+
+    settings.KNOWLEDGE_LOCAL_PRECISION = "auto"
+    monkeypatch.setattr(fresh_precision, "_cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(torch, "autocast", broken)
+    assert fresh_precision.local_precision() == "fp32"
+
+
+def test_unknown_precision_is_treated_as_auto_and_quantised_models_stay_fp32(settings, fresh_precision):
+    settings.KNOWLEDGE_LOCAL_PRECISION = "fp8"
+    assert fresh_precision.local_precision() in ("fp32", "bf16")
+    fresh_precision.local_precision.cache_clear()
+    settings.KNOWLEDGE_LOCAL_QUANTIZE = True
+    assert fresh_precision.local_precision() == "fp32"
+
+
+def test_bf16_document_vectors_match_fp32_ones(org, settings, fresh_precision):
+    if not fresh_precision._cpu_has_bf16():
+        pytest.skip("this CPU has no native bf16 units: the local model runs in fp32 here")
+    texts = [f"Sample {n}: otters hold hands while sleeping in kelp forests." for n in range(10)]
+    settings.KNOWLEDGE_LOCAL_PRECISION = "fp32"
+    exact = embed_texts(org=org, texts=texts, backend="local", model="all-minilm-l6-v2")
+    fresh_precision.local_precision.cache_clear()
+    settings.KNOWLEDGE_LOCAL_PRECISION = "bf16"
+    assert fresh_precision.local_precision() == "bf16"
+    fast = embed_texts(org=org, texts=texts, backend="local", model="all-minilm-l6-v2")
+    assert fast.dtype == np.float32
+    assert np.min(np.sum(exact * fast, axis=1)) > 0.999
+
+
+def test_repeated_query_vectors_come_from_the_cache(org, monkeypatch):
+    from knowledge import embeddings
+
+    embeddings._local_query_vector.cache_clear()
+    calls = []
+    real = embeddings._embed_local
+
+    def counting(texts, model):
+        calls.append(list(texts))
+        return real(texts, model)
+
+    monkeypatch.setattr(embeddings, "_embed_local", counting)
+    first = embeddings.embed_query(org=org, text="otters asleep", backend="local", model="all-minilm-l6-v2")
+    again = embeddings.embed_query(org=org, text="otters asleep", backend="local", model="all-minilm-l6-v2")
+    assert calls == [["otters asleep"]] and np.array_equal(first, again)
+    assert not again.flags.writeable  # shared: nobody may change it in place
+    embeddings._local_query_vector.cache_clear()
+
+
+# --- bulk ingestion: waves encoded in a thread while the next documents are prepared -----------
+
+
+def _local_kb(org, owner):
+    from knowledge.services.bases import kb_create
+
+    return kb_create(
+        org=org, actor=owner, name="Bulk", embedding_backend="local", chunk_size=32, chunk_overlap=0
+    )
+
+
+def test_bulk_ingest_embeds_every_chunk_across_waves(org, owner, monkeypatch):
+    from knowledge.models import Chunk, ChunkEmbedding, Document
+    from knowledge.search import run_search
+    from knowledge.services import ingest
+    from knowledge.services.documents import document_create_from_text
+
+    monkeypatch.setattr(ingest, "WAVE_CHUNKS", 3)  # many small waves
+    kb = _local_kb(org, owner)
+    topics = ["sea otters sleep holding hands", "sourdough rises with wild yeast", "volcanoes erupt lava"]
+    documents = [
+        document_create_from_text(
+            kb=kb, actor=owner, title=f"Doc {n}", text=f"Note {n}. " + " ".join([topics[n % 3]] * 12)
+        )
+        for n in range(7)
+    ]
+    outcomes = ingest.ingest_documents([d.pk for d in documents])
+    assert set(outcomes.values()) == {"ready"}
+    kb.refresh_from_db()
+    chunks = Chunk.objects.filter(kb=kb).count()
+    assert chunks > 7 and ChunkEmbedding.objects.filter(index=kb.active_index).count() == chunks
+    assert all(Document.objects.get(pk=d.pk).embedded for d in documents)
+    assert run_search(kb=kb, query="marine mammals resting", mode="vector").hits[0].text.count("otters")
+
+
+def test_bulk_ingest_keeps_documents_searchable_by_keyword_when_the_encoder_fails(org, owner, monkeypatch):
+    from knowledge.models import ChunkEmbedding, Document
+    from knowledge.services import ingest
+    from knowledge.services.documents import document_create_from_text
+
+    def broken(index, texts):
+        raise RuntimeError("encoder crashed")
+
+    monkeypatch.setattr(ingest, "_encode_local", broken)
+    kb = _local_kb(org, owner)
+    documents = [
+        document_create_from_text(
+            kb=kb, actor=owner, title=f"D{n}", text=f"Document number {n} about otters."
+        )
+        for n in range(3)
+    ]
+    outcomes = ingest.ingest_documents([d.pk for d in documents])
+    assert set(outcomes.values()) == {"ready"}
+    assert not ChunkEmbedding.objects.filter(index__kb=kb).exists()
+    assert {Document.objects.get(pk=d.pk).error_code for d in documents} == {"ERR_EMBEDDING_FAILED"}

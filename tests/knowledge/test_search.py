@@ -222,3 +222,24 @@ def test_terms_in_most_chunks_are_dropped_from_big_sqlite_queries():
     assert keyword._informative_terms(Cursor(), ["otters", "kelp"]) == ["kelp"]
     assert keyword._informative_terms(Cursor(), ["otters", "the"]) in (["otters"], ["the"])
     assert keyword._informative_terms(Cursor(), ["kelp"]) == ["kelp"]
+
+
+def test_postgres_selects_candidates_by_rare_terms_and_widens_when_they_are_too_few(kb, owner, monkeypatch):
+    from django.db import connection
+
+    from knowledge.search import keyword
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL full-text search only")
+    docs = {f"Otter {n}": f"Otters number {n} float in the bay." for n in range(4)}
+    docs["Kelp"] = "Otters sleep wrapped in kelp so the tide does not carry them off."
+    made = _fill(kb, owner, docs)
+    monkeypatch.setattr(keyword, "COMMON_CHUNKS", 2)  # "otter" (5 chunks) is common, "kelp" (1) is rare
+    keyword._df_cache.clear()
+    narrow = run_search(kb=kb, query="otters kelp", mode="keyword", top_k=1)
+    assert [hit.document_id for hit in narrow.hits] == [made["Kelp"].pk]
+    wide = run_search(kb=kb, query="otters kelp", mode="keyword", top_k=5)  # 1 rare match < 5: all matches
+    assert len(wide.hits) == 5 and wide.hits[0].document_id == made["Kelp"].pk
+    common_only = run_search(kb=kb, query="otters bay", mode="keyword", top_k=3)  # both common: AND first
+    assert len(common_only.hits) == 3 and made["Kelp"].pk not in {hit.document_id for hit in common_only.hits}
+    keyword._df_cache.clear()
