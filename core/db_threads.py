@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from django.conf import settings
 from django.db import close_old_connections
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _executor: ThreadPoolExecutor | None = None
@@ -89,3 +91,24 @@ async def run_db(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     ]
     call = functools.partial(_call_in_thread, values, fn, args, kwargs)
     return await asyncio.get_running_loop().run_in_executor(_pool(), call)
+
+
+def on_server_loop() -> bool:
+    """True on a server's own event loop (not one that ``async_to_sync`` made for one call)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return not on_short_lived_loop()
+
+
+def submit_db(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+    """Run ``fn`` on the pool and do not wait for it (a refresh nobody waits on); errors are logged."""
+
+    def call() -> None:
+        try:
+            _call_in_thread([], fn, args, kwargs)
+        except Exception:
+            logger.exception("a background database step failed")
+
+    _pool().submit(call)

@@ -526,6 +526,8 @@ USAGE_CAP_RESERVATION_SECONDS = env.int("USAGE_CAP_RESERVATION_SECONDS", default
 USAGE_CAP_CACHE_SECONDS = env.int("USAGE_CAP_CACHE_SECONDS", default=30)
 # ... and in each process for this long in front of that cache (no round trip per LLM call)
 USAGE_CAP_LOCAL_SECONDS = env.float("USAGE_CAP_LOCAL_SECONDS", default=1.0)
+# ... and, on a server loop, answered this much longer while a thread fetches the fresh one
+USAGE_CAP_LOCAL_STALE_SECONDS = env.float("USAGE_CAP_LOCAL_STALE_SECONDS", default=10.0)
 # Spend-cap leases (billing/services/leases.py): room for this many calls reserved at once and
 # handed out from memory (0 or 1: a database reservation per call); flushed every FLUSH seconds,
 # returned after IDLE seconds unused; a dead process's lease expires after EXPIRY seconds.

@@ -402,3 +402,31 @@ def test_the_guard_is_skipped_without_a_trip_when_the_state_in_memory_says_nothi
     usage_reserve(call(org))  # reloads
     assert usage_guard_applies(call(org)) is False  # the policy does not match this model
     assert usage_guard_applies(call(org, model="gpt-4o")) is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_a_server_loop_a_just_expired_state_answers_while_a_thread_refetches_it(settings):
+    import asyncio
+    import time
+
+    from billing.selectors import state as state_module
+    from tests.factories import OrganizationFactory
+
+    org = OrganizationFactory()
+    settings.USAGE_CAP_LOCAL_SECONDS = 0.05
+    fresh = state_module.org_state(org.pk)
+    time.sleep(0.1)  # past its second: a sync caller (a test, a task) no longer gets it
+    assert state_module.org_state_if_local(org.pk) is None
+
+    async def on_the_loop():
+        return state_module.org_state_if_local(org.pk)
+
+    assert asyncio.run(on_the_loop()) == fresh  # the stale state, and a refetch in the background
+    for _ in range(100):
+        if state_module.org_state_if_local(org.pk) is not None:
+            break
+        time.sleep(0.005)
+    assert state_module.org_state_if_local(org.pk) == fresh  # refetched and fresh again
+    settings.USAGE_CAP_LOCAL_STALE_SECONDS = 0
+    time.sleep(0.1)
+    assert asyncio.run(on_the_loop()) is None  # too old to answer
