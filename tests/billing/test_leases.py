@@ -129,8 +129,9 @@ def test_forty_concurrent_calls_on_leases_never_spend_past_a_cap_that_fits_ten(d
     # Worst case of one call: 7 estimated prompt tokens + max_tokens 10 = 17; a lease of 4 is 68.
     policy = UsageCapPolicy.objects.create(org=org, window="day", max_tokens=170)
 
+    # Eight at a time: with the flusher thread they stay inside the connection pool (10 per process).
     results = in_threads(
-        lambda i: chat(org=org, messages=HELLO, model="fake-model-1", max_tokens=10), 40, workers=20
+        lambda i: chat(org=org, messages=HELLO, model="fake-model-1", max_tokens=10), 40, workers=8
     )
     leases.leases_flush(return_all=True)
 
