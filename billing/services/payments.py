@@ -175,17 +175,16 @@ def checkout_create(**kwargs: Any) -> dict[str, Any]:
 # --- auto top-up ---------------------------------------------------------------------------------
 
 
-def _auto_topup_grant(org: Organization, intent: Any) -> CreditTransaction:
-    """The credits of a succeeded auto top-up charge; once per payment intent (the charge's answer
-    and its webhook both land here)."""
-    metadata = dict(intent.get("metadata") or {})
+def _purchase_grant(org: Organization, paid: dict[str, Any], *, note: str) -> CreditTransaction:
+    """The credits a paid Stripe object (a checkout session, a payment intent) carries in its
+    metadata; once per object, whichever of its answer and its webhooks lands first."""
     return credits_grant(
         org=org,
         actor=None,
-        amount=metadata.get("credits"),
+        amount=(paid.get("metadata") or {}).get("credits"),
         kind=CreditTransaction.Kind.PURCHASE,
-        note=f"Auto top-up {intent.get('id')}",
-        reference_id=f"stripe:{intent.get('id')}",
+        note=f"{note} {paid.get('id')}",
+        reference_id=f"stripe:{paid.get('id')}",
     )
 
 
@@ -234,7 +233,7 @@ def auto_topup_charge(*, org_id: Any) -> str:
                 options={"idempotency_key": f"auto-topup:{org_id}:{int(now.timestamp())}"},
             )
             if intent.status == "succeeded":
-                tx = _auto_topup_grant(org, intent.to_dict())
+                tx = _purchase_grant(org, intent.to_dict(), note="Auto top-up")
                 audit_record(org=org, actor=None, action="credits.auto_topup_charged", entity=tx)
                 return "charged"
             outcome = f"pending: {intent.status}"
@@ -311,14 +310,7 @@ def _apply(event: dict[str, Any]) -> tuple[Organization | None, str]:
         if obj.get("mode") == "payment" and metadata.get("kind") == "credits":
             if obj.get("payment_status") not in ("paid", "no_payment_required"):
                 return org, "ignored: not paid yet"
-            tx = credits_grant(
-                org=org,
-                actor=None,
-                amount=metadata.get("credits"),
-                kind=CreditTransaction.Kind.PURCHASE,
-                note=f"Stripe checkout {obj.get('id')}",
-                reference_id=f"stripe:{obj.get('id')}",
-            )
+            tx = _purchase_grant(org, obj, note="Stripe checkout")
             if obj.get("customer"):
                 CreditAccount.objects.filter(org=org).update(provider_customer_id=str(obj["customer"])[:100])
             return org, f"credits purchased: {tx.pk}"
@@ -355,7 +347,7 @@ def _apply(event: dict[str, Any]) -> tuple[Organization | None, str]:
         )
         return org, f"subscription {obj.get('status')}: {plan}"
     if kind == "payment_intent.succeeded" and (obj.get("metadata") or {}).get("kind") == "auto_topup":
-        tx = _auto_topup_grant(org, obj)
+        tx = _purchase_grant(org, obj, note="Auto top-up")
         return org, f"auto top-up: {tx.pk}"
     if kind == "customer.subscription.deleted":
         plan_change(
