@@ -40,10 +40,6 @@ def register_llm_guard(
         _guard_try_before[before] = try_before
 
 
-def llm_guards() -> list[LLMGuard]:
-    return list(_guards)
-
-
 def guard_try_before(guard: LLMGuard) -> Callable[[dict], Any] | None:
     """The guard's in-memory ``try_before``, if it registered one."""
     return _guard_try_before.get(guard[0])

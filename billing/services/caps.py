@@ -313,9 +313,7 @@ def usage_reserve_in_memory(call: dict[str, Any]) -> dict[str, Any] | None:
         return None  # the database path refuses it and logs the block
     prompt, output = _worst_case_tokens(call)
     cost = price.cost_micros(prompt, output) if price is not None else 0
-    return lease_take(
-        call=call, state=state, matching=matching, tokens=prompt + output, cost=cost, price=price
-    )
+    return lease_take(call=call, matching=matching, tokens=prompt + output, cost=cost, price=price)
 
 
 def usage_reserve(call: dict[str, Any], *, state: OrgState | None = None) -> dict[str, Any] | None:
@@ -361,7 +359,7 @@ def usage_reserve(call: dict[str, Any], *, state: OrgState | None = None) -> dic
     if matching and not credit and connection.vendor == "postgresql":
         if leases_enabled():
             leased = lease_take(
-                call=call, state=state, matching=matching, tokens=tokens, cost=cost, price=price
+                call=call, matching=matching, tokens=tokens, cost=cost, price=price
             ) or lease_acquire(call=call, matching=matching, tokens=tokens, cost=cost, price=price, now=now)
             if leased is not None:
                 return leased

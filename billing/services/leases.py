@@ -39,7 +39,7 @@ from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
 from billing.models import UsageCapCounter, UsageCapEvent, UsageReservation
-from billing.selectors.state import OrgState, PolicyView
+from billing.selectors.state import PolicyView
 from billing.services import hotpath
 
 logger = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ def _log_allowed() -> bool:
 
 
 def lease_take(
-    *, call: dict, state: OrgState | None, matching: list[PolicyView], tokens: int, cost: int, price: Any
+    *, call: dict, matching: list[PolicyView], tokens: int, cost: int, price: Any
 ) -> dict[str, Any] | None:
     """A reservation for ``call`` from this process's lease, in memory; None when there is none
     that fits (the caller reserves through the database)."""
@@ -196,7 +196,7 @@ def lease_acquire(
     # One acquisition per set of caps at a time: calls that arrive together while there is no
     # lease wait for the first one's and take from it, instead of each reserving (and retiring) one.
     with key_lock:
-        taken = lease_take(call=call, state=None, matching=matching, tokens=tokens, cost=cost, price=price)
+        taken = lease_take(call=call, matching=matching, tokens=tokens, cost=cost, price=price)
         if taken is not None:
             return taken
         return _acquire(
