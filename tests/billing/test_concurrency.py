@@ -42,6 +42,23 @@ def in_threads(fn, n: int, workers: int = 25) -> list:
         return list(pool.map(run, range(n)))
 
 
+def assert_cap_held(org, policy, results: list, *, cap: int) -> None:
+    """Some calls ran and the rest were refused by the cap; what ran is exactly what the counter
+    and the usage records book, within the cap, with nothing left held."""
+    ok = [r for r in results if not isinstance(r, ApplicationError)]
+    blocked = [r for r in results if isinstance(r, ApplicationError)]
+    assert ok and blocked
+    assert {r.code for r in blocked} == {"ERR_USAGE_CAP_EXCEEDED"}
+    counter = UsageCapCounter.objects.get(policy=policy)
+    spent = sum(r.prompt_tokens + r.completion_tokens for r in ok)
+    assert counter.reserved_tokens == 0
+    assert counter.used_tokens == spent <= cap
+    recorded = UsageRecord.objects.filter(org=org, status="ok").aggregate(
+        p=Sum("prompt_tokens"), c=Sum("completion_tokens")
+    )
+    assert recorded["p"] + recorded["c"] == spent
+
+
 def test_fifty_concurrent_consumes_of_one_credit_from_thirty(db):
     assert connection.vendor == "postgresql"
     org = OrganizationFactory()
@@ -90,15 +107,4 @@ def test_forty_concurrent_llm_calls_never_spend_past_a_cap_that_fits_ten(db, fak
         lambda i: chat(org=org, messages=HELLO, model="fake-model-1", max_tokens=10), 40, workers=20
     )
 
-    ok = [r for r in results if not isinstance(r, ApplicationError)]
-    blocked = [r for r in results if isinstance(r, ApplicationError)]
-    assert ok and blocked
-    assert {r.code for r in blocked} == {"ERR_USAGE_CAP_EXCEEDED"}
-    counter = UsageCapCounter.objects.get(policy=policy)
-    spent = sum(r.prompt_tokens + r.completion_tokens for r in ok)
-    assert counter.reserved_tokens == 0
-    assert counter.used_tokens == spent <= 170
-    recorded = UsageRecord.objects.filter(org=org, status="ok").aggregate(
-        p=Sum("prompt_tokens"), c=Sum("completion_tokens")
-    )
-    assert recorded["p"] + recorded["c"] == spent
+    assert_cap_held(org, policy, results, cap=170)

@@ -7,11 +7,10 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
-from django.db.models import Sum
 from django.utils import timezone
 
 from agents.llm import chat
-from billing.models import UsageCapCounter, UsageCapEvent, UsageCapPolicy, UsageRecord, UsageReservation
+from billing.models import UsageCapCounter, UsageCapEvent, UsageCapPolicy, UsageReservation
 from billing.services import leases
 from billing.services.caps import (
     reservations_expire,
@@ -23,7 +22,7 @@ from billing.services.caps import (
 from core.errors import ApplicationError
 from tests.billing.conftest import make_provider
 from tests.billing.test_caps import call
-from tests.billing.test_concurrency import HELLO, in_threads
+from tests.billing.test_concurrency import HELLO, assert_cap_held, in_threads
 from tests.factories import OrganizationFactory
 
 pytestmark = pytest.mark.postgres
@@ -135,18 +134,7 @@ def test_forty_concurrent_calls_on_leases_never_spend_past_a_cap_that_fits_ten(d
     )
     leases.leases_flush(return_all=True)
 
-    ok = [r for r in results if not isinstance(r, ApplicationError)]
-    blocked = [r for r in results if isinstance(r, ApplicationError)]
-    assert ok and blocked
-    assert {r.code for r in blocked} == {"ERR_USAGE_CAP_EXCEEDED"}
-    counter = counter_of(policy)
-    spent = sum(r.prompt_tokens + r.completion_tokens for r in ok)
-    assert counter.reserved_tokens == 0
-    assert counter.used_tokens == spent <= 170
-    recorded = UsageRecord.objects.filter(org=org, status="ok").aggregate(
-        p=Sum("prompt_tokens"), c=Sum("completion_tokens")
-    )
-    assert recorded["p"] + recorded["c"] == spent
+    assert_cap_held(org, policy, results, cap=170)
     assert not UsageReservation.objects.filter(org=org, status="held").exists()
 
 
