@@ -15,7 +15,9 @@ Resolution sits on the path of every streamed token, so the database reads behin
 AI config with its enabled providers, a user's personal config) are cached per process for
 ``LLM_RESOLVE_CACHE_SECONDS`` (default 5 s). Saving or deleting a provider, an org AI config or a
 personal config drops the entry of this process at once (signal receivers below); other
-processes see the edit when their entry expires, so an edit is live everywhere within seconds.
+processes see the edit when their entry expires, so an edit is live everywhere within seconds. On
+a server's loop an entry expired less than ``LLM_RESOLVE_STALE_SECONDS`` (default 30 s) ago
+answers once more while it is reloaded in the background.
 Health updates of the choke point (queryset updates, no signals) drop the entry explicitly.
 """
 
@@ -37,7 +39,7 @@ from django.utils import timezone
 from agents.llm.client import ResolvedProvider, parse_headers
 from agents.llm.errors import NoProviderError
 from agents.models import OrgAIConfig, PersonalAIConfig, Provider
-from core.db_threads import run_db
+from core.db_threads import on_server_loop, run_db, submit_db
 
 DEFAULT_MODEL = "gpt-4o-mini"
 
@@ -83,6 +85,48 @@ def _cached(key: tuple[str, Any]) -> Any:
     if entry is not None and entry[0] > time.monotonic():
         return entry[1]
     return None
+
+
+def _stale_seconds() -> float:
+    return float(getattr(settings, "LLM_RESOLVE_STALE_SECONDS", 30.0))
+
+
+def _cached_or_stale(key: tuple[str, Any]) -> tuple[Any, bool]:
+    """(value, fresh): an entry expired less than ``LLM_RESOLVE_STALE_SECONDS`` ago comes back
+    with ``fresh`` False; older or missing ones as None."""
+    entry = _cache.get(key)
+    if entry is None:
+        return None, False
+    now = time.monotonic()
+    if entry[0] > now:
+        return entry[1], True
+    if entry[0] + _stale_seconds() > now:
+        return entry[1], False
+    return None, False
+
+
+_refreshing: set[str] = set()
+
+
+def _refresh_soon(*, org: Any, user: Any, agent: Any, model: str | None) -> None:
+    """Reload an org's (and a user's) snapshot on a pool thread, once at a time per org."""
+    flight = str(org.pk)
+    with _lock:
+        if flight in _refreshing:
+            return
+        _refreshing.add(flight)
+
+    def refresh() -> None:
+        try:
+            # The expired entries are read again; fresh ones are kept.
+            resolve_candidates(org=org, user=user, agent=agent, model=model)
+        except NoProviderError:
+            pass  # the next call finds out and says so
+        finally:
+            with _lock:
+                _refreshing.discard(flight)
+
+    submit_db(refresh)
 
 
 def _store(key: tuple[str, Any], value: Any) -> Any:
@@ -250,14 +294,24 @@ def resolve_candidates(
 async def aresolve_candidates(
     *, org: Any, user: Any = None, agent: Any = None, model: str | None = None
 ) -> list[Candidate]:
-    """Like resolve_candidates, without leaving the event loop when the cache holds the answer."""
-    org_snapshot = _cached(("org", str(org.pk)))
+    """Like resolve_candidates, without leaving the event loop when the cache holds the answer.
+
+    On a server's loop an answer expired a short while ago (``LLM_RESOLVE_STALE_SECONDS``) still
+    serves while a pool thread reloads it, so that a busy org's calls never wait for that read;
+    an edit (which drops the entry of its process) and an idle org are read afresh."""
+    org_snapshot, fresh = _cached_or_stale(("org", str(org.pk)))
     user_id = getattr(user, "pk", None) if user is not None else None
     personal = None
     if org_snapshot is not None and user_id is not None and org_snapshot.allow_personal_keys:
-        personal = _cached(("user", str(user_id)))
+        personal, personal_fresh = _cached_or_stale(("user", str(user_id)))
+        fresh = fresh and personal_fresh
         if personal is None:
             org_snapshot = None  # one trip to the database for both
+    if org_snapshot is not None and not fresh:
+        if not on_server_loop():
+            org_snapshot = None
+        else:
+            _refresh_soon(org=org, user=user, agent=agent, model=model)
     if org_snapshot is None:
         return await run_db(resolve_candidates, org=org, user=user, agent=agent, model=model)
     return _assemble(

@@ -41,7 +41,7 @@ from uuid import UUID
 from asgiref.sync import async_to_sync
 
 from agents.models import Agent, AgentRun
-from agents.services.runs import run_finish, run_start
+from agents.services.runs import run_build, run_finish, run_save
 from agents.tools.registry import (
     Tool,
     ToolContext,
@@ -98,7 +98,7 @@ def _prepare(agent: Agent, user, conversation_id, history):
     """Everything the loop reads from the database, in one trip to a thread."""
     from agents.selectors.tools import tool_settings
 
-    settings = tool_settings(org_id=agent.org_id)
+    settings = tool_settings(org_id=agent.org_id) if agent.tools else {}
     tools = tools_for_agent(agent, settings=settings)
     configs = {tool.name: config_for(tool, settings) for tool in tools}
     if history is None:
@@ -108,6 +108,13 @@ def _prepare(agent: Agent, user, conversation_id, history):
                 _history_loader(org=agent.org, agent=agent, user=user, conversation_id=conversation_id)
             )
     return tools, configs, _render_system_prompt(agent, user), history
+
+
+def _prepare_in_memory(agent: Agent, conversation_id, history) -> bool:
+    """Whether ``_prepare`` reads nothing from the database: an agent without tools, whose history
+    is given (or there is none to load), spares its run a thread hop before the model call."""
+    loads_history = history is None and conversation_id is not None and _history_loader is not None
+    return not agent.tools and not loads_history and Agent.org.is_cached(agent)
 
 
 def _clip(value: Any) -> Any:
@@ -206,8 +213,7 @@ async def arun_agent(
         org = agent.org
     else:
         org = await run_db(lambda: agent.org)  # load the FK off the event loop, once
-    run = await run_db(
-        run_start,
+    run = run_build(
         org=org,
         agent=agent,
         user=user,
@@ -215,10 +221,18 @@ async def arun_agent(
         conversation_id=conversation_id,
         trigger=trigger,
     )
+    # The row is written while the first model call is on its way: nothing before the call needs
+    # it, and everything after (tools, the run's end) waits for it (``saved``).
+    saving = asyncio.ensure_future(run_db(run_save, run))
+
+    async def saved() -> None:
+        await asyncio.shield(saving)
+
     steps: list[dict[str, Any]] = []
     totals = _Totals(agent)
 
     async def finish(status: str, **fields: Any) -> AgentRun:
+        await saved()
         return await run_db(
             run_finish,
             run=run,
@@ -239,7 +253,12 @@ async def arun_agent(
             await on_event({**event, "run_id": str(run.pk)})
 
     try:
-        tools, configs, system_prompt, history = await run_db(_prepare, agent, user, conversation_id, history)
+        if _prepare_in_memory(agent, conversation_id, history):
+            tools, configs, system_prompt, history = _prepare(agent, user, conversation_id, history)
+        else:
+            tools, configs, system_prompt, history = await run_db(
+                _prepare, agent, user, conversation_id, history
+            )
         by_name = {tool.name: tool for tool in tools}
         schemas = openai_tool_schemas(tools) or None
         messages = build_messages(system_prompt=system_prompt, history=history, message=message)
@@ -250,6 +269,7 @@ async def arun_agent(
                 agent, user, messages, schemas, steps, totals, on_delta=emit if stream else None
             )
             await emit({"type": "llm", "step": steps[-1]})
+            await saved()
             if not result.tool_calls:
                 return await finish(
                     AgentRun.Status.SUCCEEDED,

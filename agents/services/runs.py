@@ -21,8 +21,7 @@ from agents.models import Agent, AgentRun, Provider
 MAX_INPUT_CHARS = 100_000
 
 
-@transaction.atomic
-def run_start(
+def run_build(
     *,
     org: Organization,
     agent: Agent,
@@ -31,7 +30,8 @@ def run_start(
     conversation_id: UUID | None = None,
     trigger: str = "wake",
 ) -> AgentRun:
-    """Open a run (status running) of the agent for this message."""
+    """A run (status running) of the agent for this message, checked but not saved yet: the runtime
+    saves it (``run_save``) while the first model call is already on its way."""
     run = AgentRun(
         org=org,
         agent=agent,
@@ -42,15 +42,22 @@ def run_start(
         input=message[:MAX_INPUT_CHARS],
         model=(agent.model or "")[:200],
     )
-    run.full_clean(exclude=["org", "agent", "user", "provider"])
-    run.save()
-    if trigger == "wake":
+    # The id is a fresh uuid4: checking its uniqueness would be a query for nothing.
+    run.full_clean(exclude=["id", "org", "agent", "user", "provider"], validate_unique=False)
+    return run
+
+
+@transaction.atomic
+def run_save(run: AgentRun) -> AgentRun:
+    """Insert a run that ``run_build`` made; an explicit wake is audited with it."""
+    run.save(force_insert=True)
+    if run.trigger == "wake":
         audit_record(
-            org=org,
+            org=run.org,
             actor=run.user,
             action="agent.woken",
-            entity=agent,
-            after={"run": run.pk, "conversation_id": conversation_id},
+            entity=run.agent,
+            after={"run": run.pk, "conversation_id": run.conversation_id},
         )
     return run
 

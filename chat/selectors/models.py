@@ -9,7 +9,7 @@ included, is a model that does not exist (404).
 from __future__ import annotations
 
 from agents.models import Agent
-from agents.selectors.agents import AgentViewer, agent_list
+from agents.selectors.agents import AgentViewer, agent_for_run, agent_list
 from core.errors import NotFoundError
 
 AGENT_PREFIX = "agent:"
@@ -34,8 +34,7 @@ def openai_model_list(*, org, viewer: AgentViewer) -> list[Agent]:
 def openai_agent_get(*, org, viewer: AgentViewer, model: str) -> Agent:
     """The agent named by ``agent:<key>``; 404 ``ERR_MODEL_NOT_FOUND`` for any other name."""
     key = model.removeprefix(AGENT_PREFIX) if model.startswith(AGENT_PREFIX) else None
-    agent = agent_list(org=org, viewer=viewer).filter(key=key).first() if key else None
+    agent = agent_for_run(org=org, viewer=viewer, key=key) if key else None
     if agent is None:
         raise ModelNotFound(f"The model '{model}' does not exist or you do not have access to it.")
-    agent.org = org  # the row is the org's: spare the run a query (and a thread hop) for it
     return agent

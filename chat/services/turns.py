@@ -1,8 +1,9 @@
 """The streaming turn: one user message, one assistant answer streamed as events.
 
 ``astart_turn`` persists the user message and an assistant message (status ``streaming``) with the
-turn's first event (``message.start``, seq 1), then starts the agent run **detached from the
-request**: an asyncio task on the server's own loop (or, where there is no long-lived loop, a Celery
+turn's first event (``message.start``, seq 1) and starts the agent run **detached from the
+request** (for a turn that opens a conversation the run starts first and the rows are written
+while its model call is on its way; the response and the log follow the commit): an asyncio task on the server's own loop (or, where there is no long-lived loop, a Celery
 task or a test, on a background loop of the process), not tied to any response. Every event of the
 run gets the next per-message ``seq`` and is published at once on the turn's channel-layer group.
 One log writer per loop (``_Hub``) appends the events of all its running turns to the
@@ -53,7 +54,7 @@ from django.utils import timezone
 from accounts.models import Membership
 from agents.models import Agent
 from agents.registries import estimate_cost_micros
-from agents.selectors.agents import AgentViewer, agent_get, agent_list
+from agents.selectors.agents import AgentViewer, agent_for_run
 from chat.models import Conversation, Message, MessageEvent
 from chat.models.conversations import Channel
 from chat.selectors.conversations import conversation_get, conversation_llm_history
@@ -123,12 +124,13 @@ def resolve_agent(*, org, user, agent: Any, viewer: AgentViewer | None = None) -
     if not ref:
         raise ValidationError("agent is required (an agent id or key).", details={"agent": ["Required."]})
     try:
-        found = agent_get(org=org, viewer=viewer, agent_id=uuid.UUID(ref))
+        agent_id = uuid.UUID(ref)
     except ValueError:
-        found = agent_list(org=org, viewer=viewer).filter(key=ref).first()
-        if found is None:
-            raise NotFoundError("Agent not found.") from None
-    found.org = org  # the row is the org's: spare the run a query (and a thread hop) for it
+        found = agent_for_run(org=org, viewer=viewer, key=ref)
+    else:
+        found = agent_for_run(org=org, viewer=viewer, agent_id=agent_id)
+    if found is None:
+        raise NotFoundError("Agent not found.")
     return found
 
 
@@ -142,12 +144,8 @@ def _clean_message(message: Any) -> str:
     return message
 
 
-@transaction.atomic
-def turn_prepare(
-    *, org, user, agent: Any, message: str, conversation_id: Any, channel: str, on_disconnect: str
-) -> tuple[TurnStarted, Agent, list[dict[str, Any]]]:
-    """Validate, then write the user message, the streaming assistant message and ``message.start``;
-    returns the turn, the agent and the LLM history before the user message."""
+def _turn_check(*, message: Any, channel: str, on_disconnect: str) -> str:
+    """The checks of a turn that need no database; returns the message."""
     message = _clean_message(message)
     if on_disconnect not in ON_DISCONNECT:
         raise ValidationError(
@@ -155,6 +153,84 @@ def turn_prepare(
         )
     if channel not in Channel.values:
         raise ValidationError(f"Unknown channel {channel!r}.")
+    return message
+
+
+def _assistant_row(*, org, conversation, index: int, agent: Agent, reply_to, on_disconnect, pk=None):
+    return Message(
+        **({"pk": pk} if pk is not None else {}),
+        org=org,
+        conversation=conversation,
+        index=index,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.STREAMING,
+        model=(agent.model or "")[:200],
+        reply_to=reply_to,
+        on_disconnect=on_disconnect,
+        last_seq=1,
+    )
+
+
+def _start_event(started: TurnStarted) -> dict[str, str]:
+    return {"conversation_id": str(started.conversation_id), "message_id": str(started.message_id)}
+
+
+def _audit_opened(*, org, user, conversation, agent: Agent) -> None:
+    from accounts.services.audit import audit_record
+
+    audit_record(
+        org=org, actor=user, action="conversation.created", entity=conversation, after={"agent": agent.pk}
+    )
+
+
+@transaction.atomic
+def turn_open(
+    *, org, user, agent: Agent, message: str, channel: str, started: TurnStarted, on_disconnect: str
+):
+    """The writes of a turn that opens a conversation, under the ids ``started`` chose: the
+    conversation, the user message, the streaming assistant message and ``message.start``, in four
+    statements (the run is already under way: see ``astart_turn``)."""
+    now = timezone.now()
+    conversation = Conversation.objects.create(
+        pk=started.conversation_id,
+        org=org,
+        user=user,
+        agent=agent,
+        title=clean_title(message[:TITLE_FROM_MESSAGE_CHARS]),
+        channel=channel,
+        message_count=2,
+        last_message_at=now,
+    )
+    _audit_opened(org=org, user=user, conversation=conversation, agent=agent)
+    user_message = Message(
+        pk=started.user_message_id,
+        org=org,
+        conversation=conversation,
+        index=0,
+        role=Message.Role.USER,
+        content=message,
+        parts=[{"type": "text", "text": message}],
+    )
+    assistant = _assistant_row(
+        org=org,
+        conversation=conversation,
+        index=1,
+        agent=agent,
+        reply_to=user_message,
+        on_disconnect=on_disconnect,
+        pk=started.message_id,
+    )
+    Message.objects.bulk_create([user_message, assistant])
+    MessageEvent.objects.create(message=assistant, seq=1, event="message.start", data=_start_event(started))
+
+
+@transaction.atomic
+def turn_prepare(
+    *, org, user, agent: Any, message: str, conversation_id: Any, channel: str, on_disconnect: str
+) -> tuple[TurnStarted, Agent, list[dict[str, Any]]]:
+    """Validate, then write the user message, the streaming assistant message and ``message.start``;
+    returns the turn, the agent and the LLM history before the user message."""
+    message = _turn_check(message=message, channel=channel, on_disconnect=on_disconnect)
     agent = resolve_agent(org=org, user=user, agent=agent)
     created = False
     if conversation_id:
@@ -167,8 +243,6 @@ def turn_prepare(
         conversation_get(org=org, user=user, conversation_id=conversation_uuid)  # 404 first
         conversation = Conversation.objects.select_for_update().get(pk=conversation_uuid)
     else:
-        from accounts.services.audit import audit_record
-
         conversation = Conversation.objects.create(
             org=org,
             user=user,
@@ -176,9 +250,7 @@ def turn_prepare(
             title=clean_title(message[:TITLE_FROM_MESSAGE_CHARS]),
             channel=channel,
         )
-        audit_record(
-            org=org, actor=user, action="conversation.created", entity=conversation, after={"agent": agent.pk}
-        )
+        _audit_opened(org=org, user=user, conversation=conversation, agent=agent)
         created = True
     last = (
         Message.objects.filter(conversation=conversation)
@@ -195,23 +267,15 @@ def turn_prepare(
         content=message,
         parts=[{"type": "text", "text": message}],
     )
-    assistant = Message.objects.create(
+    assistant = _assistant_row(
         org=org,
         conversation=conversation,
         index=index + 1,
-        role=Message.Role.ASSISTANT,
-        status=Message.Status.STREAMING,
-        model=(agent.model or "")[:200],
+        agent=agent,
         reply_to=user_message,
         on_disconnect=on_disconnect,
-        last_seq=1,
     )
-    MessageEvent.objects.create(
-        message=assistant,
-        seq=1,
-        event="message.start",
-        data={"conversation_id": str(conversation.pk), "message_id": str(assistant.pk)},
-    )
+    assistant.save(force_insert=True)
     now = timezone.now()
     changes: dict[str, Any] = {
         "message_count": F("message_count") + 2,
@@ -228,6 +292,7 @@ def turn_prepare(
         message_id=assistant.pk,
         conversation_created=created,
     )
+    MessageEvent.objects.create(message=assistant, seq=1, event="message.start", data=_start_event(started))
     return started, agent, history
 
 
@@ -242,8 +307,55 @@ async def astart_turn(
     on_disconnect: str = "continue",
 ) -> TurnStarted:
     """Start a turn (see the module doc); ApplicationErrors for bad input are raised before anything
-    is written or started. ``agent`` is an Agent, an agent id or an agent key the user may see."""
-    # On the caller's thread (the request's, or the consumer's): its connection, its transaction.
+    is written or started. ``agent`` is an Agent, an agent id or an agent key the user may see.
+
+    A turn that opens a conversation with an Agent in hand needs nothing from the database before
+    its model call, so the run starts at once, under ids chosen here, while the caller's thread
+    writes the conversation and the messages (``turn_open``); the turn's log is written only once
+    they are committed, and if they fail the run is called off. A turn that continues a
+    conversation reads its history first (``turn_prepare``), then starts."""
+    ctx = request_context.current()
+
+    def make_turn(started: TurnStarted, agent_row: Agent, text: str, history: list) -> _Turn:
+        return _Turn(
+            started=started,
+            org=org,
+            user=user,
+            agent=agent_row,
+            message=text,
+            history=history,
+            channel=channel,
+            request_id=ctx.request_id if ctx.request_id != "-" else None,
+            api_key_id=ctx.api_key_id,
+        )
+
+    if not conversation_id and isinstance(agent, Agent):
+        text = _turn_check(message=message, channel=channel, on_disconnect=on_disconnect)
+        agent_row = resolve_agent(org=org, user=user, agent=agent)
+        started = TurnStarted(
+            conversation_id=uuid.uuid4(),
+            user_message_id=uuid.uuid4(),
+            message_id=uuid.uuid4(),
+            conversation_created=True,
+        )
+        turn = make_turn(started, agent_row, text, [])
+        _spawn(turn, stored=False)
+        try:
+            # On the caller's thread (the request's, or the consumer's): its connection, its transaction.
+            await sync_to_async(turn_open)(
+                org=org,
+                user=user,
+                agent=agent_row,
+                message=text,
+                channel=channel,
+                started=started,
+                on_disconnect=on_disconnect,
+            )
+        except BaseException:
+            _call_on_loop(turn, turn.abandon)
+            raise
+        _call_on_loop(turn, turn.mark_stored)
+        return started
     started, agent_row, history = await sync_to_async(turn_prepare)(
         org=org,
         user=user,
@@ -253,19 +365,7 @@ async def astart_turn(
         channel=channel,
         on_disconnect=on_disconnect,
     )
-    ctx = request_context.current()
-    turn = _Turn(
-        started=started,
-        org=org,
-        user=user,
-        agent=agent_row,
-        message=message,
-        history=history,
-        channel=channel,
-        request_id=ctx.request_id if ctx.request_id != "-" else None,
-        api_key_id=ctx.api_key_id,
-    )
-    _spawn(turn)
+    _spawn(make_turn(started, agent_row, message, history))
     return started
 
 
@@ -288,20 +388,34 @@ def _background_loop() -> asyncio.AbstractEventLoop:
         return _background
 
 
-def _start_on(loop: asyncio.AbstractEventLoop, turn: _Turn) -> None:
-    """On ``loop``: register the turn with the loop's hub and start it in a fresh context (it must
-    not inherit the request's thread-sensitive executor, which ends with the request)."""
+def _start_on(loop: asyncio.AbstractEventLoop, turn: _Turn, stored: bool) -> None:
+    """On ``loop``: give the turn the loop's hub (which writes its log once its messages are
+    ``stored``) and start it in a fresh context (it must not inherit the request's thread-sensitive
+    executor, which ends with the request)."""
     hub = _hubs.get(loop)
     if hub is None:
         hub = _hubs[loop] = _Hub(loop)
     turn.hub = hub
-    hub.add(turn)
+    if stored:
+        hub.add(turn)
     turn.task = loop.create_task(turn.run(), context=contextvars.Context())
 
 
-def _spawn(turn: _Turn) -> None:
+def _call_on_loop(turn: _Turn, fn) -> None:
+    """``fn()`` on the turn's loop: now when that is the running loop, else as its next callback."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is turn.loop:
+        fn()
+    else:
+        turn.loop.call_soon_threadsafe(fn)
+
+
+def _spawn(turn: _Turn, *, stored: bool = True) -> None:
     """Run ``turn`` on the server's loop, or where there is none (a test, a Celery task) on the
-    process's background loop."""
+    process's background loop; ``stored=False`` when its messages are still being written."""
     from agents.llm import on_short_lived_loop
 
     try:
@@ -311,11 +425,11 @@ def _spawn(turn: _Turn) -> None:
     _running[str(turn.message_id)] = turn
     if loop is not None and not on_short_lived_loop():
         turn.loop = loop
-        _start_on(loop, turn)
+        _start_on(loop, turn, stored)
         return
     background = _background_loop()
     turn.loop = background
-    background.call_soon_threadsafe(_start_on, background, turn, context=contextvars.Context())
+    background.call_soon_threadsafe(_start_on, background, turn, stored, context=contextvars.Context())
 
 
 def _parse_arguments(raw: Any) -> Any:
@@ -600,9 +714,9 @@ class _Turn:
         self._written: asyncio.Future | None = None
         self.run_id: str | None = None
         self.cancel_reason: str | None = None
+        self.abandoned = False  # its messages could not be written: the run is called off
         # Every event so far, for followers on the same loop (no database, no channel layer).
-        start = {"conversation_id": str(started.conversation_id), "message_id": str(started.message_id)}
-        self.events: list[TurnEvent] = [TurnEvent(seq=1, event="message.start", data=start)]
+        self.events: list[TurnEvent] = [TurnEvent(seq=1, event="message.start", data=_start_event(started))]
         self.signal = asyncio.Event()
 
     @property
@@ -685,6 +799,19 @@ class _Turn:
                 logger.error("chat turn %s: its outcome was not written in time", self.message_id)
         await self._announce(TurnEvent(seq=self.seq, event=event, data=data))
 
+    def mark_stored(self) -> None:
+        """Its messages are committed: the hub may write its log (on the turn's loop)."""
+        if self.hub is not None and not self.abandoned:
+            self.hub.add(self)
+
+    def abandon(self) -> None:
+        """Its messages could not be written: stop the run, write and publish nothing (on the
+        turn's loop). The run records itself as cancelled, and the model call its usage."""
+        self.abandoned = True
+        self.request_cancel("abandoned")
+        if self._written is not None and not self._written.done():
+            self._written.set_result(None)  # nothing will be written: do not wait for it
+
     # -- cancel ---------------------------------------------------------------------------------
 
     def request_cancel(self, reason: str = "cancelled") -> None:
@@ -729,6 +856,8 @@ class _Turn:
             try:
                 run = await self.run_task
             except asyncio.CancelledError:
+                if self.abandoned:
+                    return
                 await asyncio.shield(self._finish_cancelled())
                 if self.cancel_reason is None:
                     raise  # the turn itself was cancelled (the server stops)

@@ -468,6 +468,7 @@ LLM_TTS_MODEL = env.str("LLM_TTS_MODEL", default="tts-1")
 LLM_VISION_MODEL = env.str("LLM_VISION_MODEL", default="")
 # Seconds provider resolution is cached per process (saves of providers and AI configs clear it).
 LLM_RESOLVE_CACHE_SECONDS = env.int("LLM_RESOLVE_CACHE_SECONDS", default=5)
+LLM_RESOLVE_STALE_SECONDS = env.int("LLM_RESOLVE_STALE_SECONDS", default=30)
 # An agent without a heartbeat for this long shows offline.
 AGENT_OFFLINE_AFTER = env.int("AGENT_OFFLINE_AFTER", default=300)
 # /v1/chat/completions and /v1/responses may name a provider model (MEMBER+, not agent keys).

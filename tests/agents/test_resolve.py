@@ -306,3 +306,50 @@ def test_each_byok_level_serves_and_says_so(org, member, live, settings):
     result = chat(org=org, messages=messages, agent=agent, user=member)
     assert (result.provider_source, result.provider_id) == ("personal", None)
     assert result.content == "echo: who serves"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_a_server_loop_a_just_expired_resolution_answers_while_a_thread_reloads_it(settings):
+    import asyncio
+    import time
+
+    from tests.factories import OrganizationFactory
+
+    org = OrganizationFactory()
+    provider = make_provider(org)
+    settings.LLM_RESOLVE_CACHE_SECONDS = 0.05
+    assert resolve_providers(org=org)[0].base_url == "https://llm.example.com/v1"
+    Provider.objects.filter(pk=provider.pk).update(api_base="https://moved.example.com/v1")  # no signal
+    time.sleep(0.1)
+
+    async def on_the_loop():
+        return [c.provider.base_url for c in await resolve_module.aresolve_candidates(org=org)]
+
+    # asyncio.run's loop is a server's loop (not one async_to_sync made): the expired answer serves
+    # once more, and a pool thread reads the edit meanwhile.
+    assert asyncio.run(on_the_loop()) == ["https://llm.example.com/v1"]
+    for _ in range(200):
+        if resolve_module._cached_or_stale(("org", str(org.pk)))[1]:
+            break
+        time.sleep(0.005)
+    settings.LLM_RESOLVE_CACHE_SECONDS = 60
+    assert asyncio.run(on_the_loop()) == ["https://moved.example.com/v1"]
+
+    settings.LLM_RESOLVE_CACHE_SECONDS = 0.05
+    settings.LLM_RESOLVE_STALE_SECONDS = 0
+    Provider.objects.filter(pk=provider.pk).update(api_base="https://third.example.com/v1")
+    time.sleep(0.1)
+    assert asyncio.run(on_the_loop()) == ["https://third.example.com/v1"]  # too old: read afresh
+
+
+def test_a_sync_caller_never_gets_an_expired_resolution(org, monkeypatch):
+    provider = make_provider(org)
+    resolve_providers(org=org)
+    Provider.objects.filter(pk=provider.pk).update(api_base="https://moved.example.com/v1")
+    now = resolve_module.time.monotonic()
+    monkeypatch.setattr(resolve_module.time, "monotonic", lambda: now + 6)  # expired, within stale
+
+    from asgiref.sync import async_to_sync
+
+    candidates = async_to_sync(resolve_module.aresolve_candidates)(org=org)  # a test's / task's loop
+    assert candidates[0].provider.base_url == "https://moved.example.com/v1"

@@ -260,3 +260,61 @@ def test_a_cancelled_run_is_recorded_as_cancelled(org, member, provider):
     assert run.status == AgentRun.Status.CANCELLED
     assert run.finish_reason == "cancelled"
     assert run.finished_at is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_model_call_does_not_wait_for_the_run_row(fake_upstream, allow_loopback, monkeypatch):
+    """On a server's loop the run's row is written while its first model call is on its way; a run
+    whose row cannot be written fails with that error and leaves no row."""
+    import time
+
+    from agents.runtime import loop
+    from tests.factories import OrganizationFactory
+
+    org = OrganizationFactory()
+    provider = Provider.objects.create(
+        org=org, name="fake", provider_type="openai_compat", api_base=fake_upstream.base_url, api_key="sk-x"
+    )
+    agent = make_agent(org, provider, "fake-model-1")
+    real_save = loop.run_save
+    seen: dict = {}
+
+    def save_after_the_call(run):
+        before = seen.setdefault("requests", fake_upstream.stats["requests"])
+        deadline = time.monotonic() + 5
+        while fake_upstream.stats["requests"] == before and time.monotonic() < deadline:
+            time.sleep(0.005)
+        seen["call_was_out"] = fake_upstream.stats["requests"] > before
+        return real_save(run)
+
+    monkeypatch.setattr(loop, "run_save", save_after_the_call)
+    seen["requests"] = fake_upstream.stats["requests"]
+    run = asyncio.run(loop.arun_agent(agent=agent, message="hi", trigger="openai"))  # a server's loop
+    assert seen["call_was_out"] is True
+    run = AgentRun.objects.get(pk=run.pk)
+    assert (run.status, run.output) == (AgentRun.Status.SUCCEEDED, "echo: hi")
+
+    def broken_save(run):
+        raise RuntimeError("the database is gone")
+
+    monkeypatch.setattr(loop, "run_save", broken_save)
+    with pytest.raises(RuntimeError, match="the database is gone"):
+        asyncio.run(loop.arun_agent(agent=agent, message="again", trigger="openai"))
+    assert AgentRun.objects.filter(agent=agent).count() == 1
+
+
+def test_an_agent_without_tools_reads_nothing_before_its_model_call(org, member, provider):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from agents.runtime.loop import _prepare, _prepare_in_memory
+
+    agent = make_agent(org, provider, "fake-model-1")
+    agent.org = org
+    assert _prepare_in_memory(agent, None, None) is True
+    with CaptureQueriesContext(connection) as queries:
+        tools, configs, prompt, history = _prepare(agent, member, None, [])
+    assert (tools, configs, history, len(queries)) == ([], {}, [], 0)
+    tooled = make_agent(org, provider, "fake-model-1", tools=["web_fetch"])
+    tooled.org = org
+    assert _prepare_in_memory(tooled, None, None) is False

@@ -313,3 +313,44 @@ def test_the_usage_event_and_the_message_carry_the_priced_cost(
     assert expected and usage["cost_usd"] == pytest.approx(expected / 1_000_000)
     answer = Message.objects.get(role="assistant")
     assert float(answer.cost_usd) == pytest.approx(expected / 1_000_000)
+
+
+# --- a turn that opens a conversation starts its run before its rows are written ----------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_new_conversation_whose_rows_cannot_be_written_calls_its_run_off(
+    org, member, fake_upstream, allow_loopback, monkeypatch
+):
+    import time
+
+    from agents.models import AgentRun
+
+    provider = make_provider(org, fake_upstream)
+    agent = make_agent(org, provider, model="slow")
+    agent.org = org
+    key = f"Bearer {provider.api_key}"
+
+    def broken_audit(**kwargs):
+        # The run is already streaming from the upstream when the rows are written.
+        deadline = time.monotonic() + 5
+        while fake_upstream.stats["requests_by_key"][key] == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        raise RuntimeError("the audit table is gone")
+
+    monkeypatch.setattr(turns, "_audit_opened", broken_audit)
+    with pytest.raises(RuntimeError, match="the audit table is gone"):
+        async_to_sync(turns.astart_turn)(org=org, user=member, agent=agent, message="hi", channel="api")
+
+    assert fake_upstream.stats["requests_by_key"][key] == 1
+    deadline = time.monotonic() + 10
+    while (turns._running or AgentRun.objects.filter(agent=agent).exclude(status="cancelled").exists()) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.02)
+    assert not turns._running  # the turn is gone
+    assert list(AgentRun.objects.filter(agent=agent).values_list("status", flat=True)) == ["cancelled"]
+    assert fake_upstream.aborted_for(key) == 1  # the upstream stream was closed
+    # Nothing of the turn was kept: the conversation's insert was rolled back with the rest.
+    assert not Conversation.objects.exists() and not Message.objects.exists()
+    assert not MessageEvent.objects.exists()
