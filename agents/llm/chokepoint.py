@@ -627,9 +627,7 @@ class _Call:
                         stream = None
                         try:
                             if self.stream:
-                                stream = await client.chat.completions.create(
-                                    **params, stream=True, stream_options={"include_usage": True}
-                                )
+                                stream = await client.stream_chat_completion(params)
                                 async for chunk in stream:
                                     text = acc.feed(chunk)
                                     if text:

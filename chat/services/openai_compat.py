@@ -26,8 +26,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from asgiref.sync import sync_to_async
-from django import db
 from django.conf import settings
 
 from accounts.models import ApiKey, Role
@@ -172,11 +170,8 @@ async def _agent_events(target: Target, messages: list[dict], *, stream: bool) -
     queue: asyncio.Queue[Event] = asyncio.Queue()
 
     async def on_event(event: dict) -> None:
-        if event.get("type") == "delta":
-            if event.get("text"):
-                queue.put_nowait(("delta", event["text"]))
-        else:  # a step ended: the run is about to touch the database again
-            queue.put_nowait(("step", None))
+        if event.get("type") == "delta" and event.get("text"):
+            queue.put_nowait(("delta", event["text"]))
 
     run_task = asyncio.ensure_future(
         arun_agent(
@@ -289,22 +284,6 @@ def run_sync(target: Target, messages: list[dict], *, options: dict[str, Any] | 
     return async_to_sync(run)()
 
 
-async def release_connection() -> None:
-    """Give this request's database connection back while its stream runs.
-
-    Under ASGI a request's sync work runs in a thread of its own, and the connection that thread
-    opened (provider resolution, guards, the run row) would otherwise stay checked out of the pool
-    until the stream ends: a few hundred open streams would hold every pooled connection and the
-    next request would time out waiting for one. Called once text flows (after the work that needed
-    the database); the next database hop simply takes a connection again. Not on a loop of a sync
-    caller (tests, WSGI), whose connection belongs to that caller.
-    """
-    from agents.llm import on_short_lived_loop
-
-    if not on_short_lived_loop():
-        await sync_to_async(db.close_old_connections)()
-
-
 async def stream_events(
     target: Target,
     messages: list[dict],
@@ -319,18 +298,13 @@ async def stream_events(
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
 
     async def produce() -> None:
-        used_database = True  # the run starts with database reads (providers, guards, the run row)
+        # No connection to give back here: the view's thread returned its own, and the run's
+        # database steps run on pool threads that return theirs (``core.db_threads``).
         try:
             events = run_events(target, messages, stream=True, options=options)
             async with contextlib.aclosing(events):
                 async for event in events:
-                    if event[0] == "step":
-                        used_database = True
-                        continue
                     queue.put_nowait(event)
-                    if used_database and event[0] == "delta":
-                        used_database = False
-                        await release_connection()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:

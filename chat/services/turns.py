@@ -2,9 +2,10 @@
 
 ``astart_turn`` persists the user message and an assistant message (status ``streaming``) with the
 turn's first event (``message.start``, seq 1) and starts the agent run **detached from the
-request** (for a turn that opens a conversation the run starts first and the rows are written
-while its model call is on its way; the response and the log follow the commit): an asyncio task on the server's own loop (or, where there is no long-lived loop, a Celery
-task or a test, on a background loop of the process), not tied to any response. Every event of the
+request**: an asyncio task on the server's own loop (or, where there is no long-lived loop, a
+Celery task or a test, on a background loop of the process), not tied to any response. For a turn
+that opens a conversation the run starts first and the rows are written while its model call is on
+its way; the response and the log follow their commit. Every event of the
 run gets the next per-message ``seq`` and is published at once on the turn's channel-layer group.
 One log writer per loop (``_Hub``) appends the events of all its running turns to the
 ``MessageEvent`` log in one transaction every ``FLUSH_SECONDS``, with the messages' text, parts and

@@ -82,3 +82,23 @@ def test_the_pool_has_the_sdk_limits_not_httpx_defaults(client):
     pool = client._client._transport._pool
     assert pool._max_connections == CONNECTION_LIMITS.max_connections == 1000
     assert pool._max_keepalive_connections == CONNECTION_LIMITS.max_keepalive_connections
+
+
+def test_stream_chat_completion_sends_the_body_as_built_and_reports_usage(client, fake_upstream):
+    """The choke point's own request (no SDK transform): the key authenticates, extra fields go
+    upstream as they are, and the last chunk carries usage."""
+
+    async def go():
+        try:
+            stream = await client.stream_chat_completion(
+                {"model": "fake", "messages": [{"role": "user", "content": "as built"}], "seed": 7}
+            )
+            return [chunk async for chunk in stream]
+        finally:
+            await client.close()
+
+    chunks = asyncio.run(go())
+    assert all(isinstance(chunk, Fields) for chunk in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: as built"
+    assert chunks[-1].usage.completion_tokens > 0
+    assert fake_upstream.stats["requests_by_key"]["Bearer sk-test"] >= 1
