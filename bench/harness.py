@@ -67,12 +67,11 @@ def start_daphne(
     """Daphne on a free port, once ``/ready`` answers 200; ``access_log=False`` runs it as the
     Procfile's ``web`` does."""
     port = free_port()
-    quiet = [] if access_log else ["--access-log", os.devnull]
+    logs = ["--access-log", "-"] if access_log else []
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", *quiet, "-b", "127.0.0.1", "-p", str(port),
-             "config.asgi:application"],
-            cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "core.serve", *logs],
+            cwd=BASE_DIR, env={**env, "HOST": "127.0.0.1", "PORT": str(port)}, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     base_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
