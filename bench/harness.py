@@ -71,8 +71,11 @@ def start_daphne(
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "core.serve", *logs],
-            cwd=BASE_DIR, env={**env, "HOST": "127.0.0.1", "PORT": str(port)}, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=BASE_DIR,
+            env={**env, "HOST": "127.0.0.1", "PORT": str(port)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     base_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
