@@ -11,7 +11,7 @@ the assistant message (status ``failed``). Through an API key these need the ``c
 
 from __future__ import annotations
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import sync_to_async
 from django.db import connections
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -112,7 +112,7 @@ class ChatTurnView(OwnThreadMixin, JsonErrorsMixin, TenantAPIView):
         agent = turns.resolve_agent(
             org=request.org, user=request.user, agent=data["agent"], viewer=viewer_of(request)
         )
-        started = async_to_sync(turns.astart_turn)(
+        started = turns.start_turn(
             org=request.org,
             user=request.user,
             agent=agent,

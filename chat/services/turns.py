@@ -46,7 +46,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from asgiref.sync import AsyncToSync, ThreadSensitiveContext, sync_to_async
 from channels.db import database_sync_to_async
 from django.db import connections, transaction
 from django.db.models import F
@@ -297,6 +297,58 @@ def turn_prepare(
     return started, agent, history
 
 
+def _make_turn(
+    *, started: TurnStarted, org, user, agent: Agent, message: str, history: list, channel: str
+) -> _Turn:
+    ctx = request_context.current()
+    return _Turn(
+        started=started,
+        org=org,
+        user=user,
+        agent=agent,
+        message=message,
+        history=history,
+        channel=channel,
+        request_id=ctx.request_id if ctx.request_id != "-" else None,
+        api_key_id=ctx.api_key_id,
+    )
+
+
+def _opening_turn(
+    *, org, user, agent: Any, message: str, conversation_id: Any, channel: str, on_disconnect: str
+) -> tuple[_Turn, dict[str, Any]] | None:
+    """A turn that opens a conversation with an Agent in hand, under ids chosen here, with the
+    arguments of its ``turn_open``; None for any other turn. Raises for bad input."""
+    if conversation_id or not isinstance(agent, Agent):
+        return None
+    text = _turn_check(message=message, channel=channel, on_disconnect=on_disconnect)
+    agent_row = resolve_agent(org=org, user=user, agent=agent)
+    started = TurnStarted(
+        conversation_id=uuid.uuid4(),
+        user_message_id=uuid.uuid4(),
+        message_id=uuid.uuid4(),
+        conversation_created=True,
+    )
+    turn = _make_turn(
+        started=started, org=org, user=user, agent=agent_row, message=text, history=[], channel=channel
+    )
+    opening = {
+        "org": org,
+        "user": user,
+        "agent": agent_row,
+        "message": text,
+        "channel": channel,
+        "started": started,
+        "on_disconnect": on_disconnect,
+    }
+    return turn, opening
+
+
+def _opened(turn: _Turn, error: BaseException | None) -> None:
+    """After ``turn_open``: let the hub write the turn's log, or call its run off."""
+    _call_on_loop(turn, turn.abandon if error is not None else turn.mark_stored)
+
+
 async def astart_turn(
     *,
     org,
@@ -315,58 +367,54 @@ async def astart_turn(
     writes the conversation and the messages (``turn_open``); the turn's log is written only once
     they are committed, and if they fail the run is called off. A turn that continues a
     conversation reads its history first (``turn_prepare``), then starts."""
-    ctx = request_context.current()
-
-    def make_turn(started: TurnStarted, agent_row: Agent, text: str, history: list) -> _Turn:
-        return _Turn(
-            started=started,
-            org=org,
-            user=user,
-            agent=agent_row,
-            message=text,
-            history=history,
-            channel=channel,
-            request_id=ctx.request_id if ctx.request_id != "-" else None,
-            api_key_id=ctx.api_key_id,
-        )
-
-    if not conversation_id and isinstance(agent, Agent):
-        text = _turn_check(message=message, channel=channel, on_disconnect=on_disconnect)
-        agent_row = resolve_agent(org=org, user=user, agent=agent)
-        started = TurnStarted(
-            conversation_id=uuid.uuid4(),
-            user_message_id=uuid.uuid4(),
-            message_id=uuid.uuid4(),
-            conversation_created=True,
-        )
-        turn = make_turn(started, agent_row, text, [])
+    args = {"org": org, "user": user, "agent": agent, "message": message, "channel": channel}
+    opening = _opening_turn(**args, conversation_id=conversation_id, on_disconnect=on_disconnect)
+    if opening is not None:
+        turn, writes = opening
         _spawn(turn, stored=False)
         try:
             # On the caller's thread (the request's, or the consumer's): its connection, its transaction.
-            await sync_to_async(turn_open)(
-                org=org,
-                user=user,
-                agent=agent_row,
-                message=text,
-                channel=channel,
-                started=started,
-                on_disconnect=on_disconnect,
-            )
-        except BaseException:
-            _call_on_loop(turn, turn.abandon)
+            await sync_to_async(turn_open)(**writes)
+        except BaseException as exc:
+            _opened(turn, exc)
             raise
-        _call_on_loop(turn, turn.mark_stored)
-        return started
+        _opened(turn, None)
+        return turn.started
     started, agent_row, history = await sync_to_async(turn_prepare)(
-        org=org,
-        user=user,
-        agent=agent,
-        message=message,
-        conversation_id=conversation_id,
-        channel=channel,
-        on_disconnect=on_disconnect,
+        **args, conversation_id=conversation_id, on_disconnect=on_disconnect
     )
-    _spawn(make_turn(started, agent_row, message, history))
+    _spawn(_make_turn(**{**args, "agent": agent_row}, started=started, history=history))
+    return started
+
+
+def start_turn(
+    *,
+    org,
+    user,
+    agent: Any,
+    message: str,
+    conversation_id: Any = None,
+    channel: str,
+    on_disconnect: str = "continue",
+) -> TurnStarted:
+    """:func:`astart_turn` for a sync view: the writes run on the view's own thread and the run
+    is handed to the server's loop, with no round trip through the loop in between."""
+    args = {"org": org, "user": user, "agent": agent, "message": message, "channel": channel}
+    opening = _opening_turn(**args, conversation_id=conversation_id, on_disconnect=on_disconnect)
+    if opening is not None:
+        turn, writes = opening
+        _spawn(turn, stored=False)
+        try:
+            turn_open(**writes)
+        except BaseException as exc:
+            _opened(turn, exc)
+            raise
+        _opened(turn, None)
+        return turn.started
+    started, agent_row, history = turn_prepare(
+        **args, conversation_id=conversation_id, on_disconnect=on_disconnect
+    )
+    _spawn(_make_turn(**{**args, "agent": agent_row}, started=started, history=history))
     return started
 
 
@@ -414,6 +462,16 @@ def _call_on_loop(turn: _Turn, fn) -> None:
         turn.loop.call_soon_threadsafe(fn)
 
 
+def _server_loop_of_this_thread() -> asyncio.AbstractEventLoop | None:
+    """The server's loop when called from the thread of a sync view that an ASGI server runs."""
+    from asgiref.sync import SyncToAsync
+
+    loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+    if loop is None or loop.is_closed() or loop in AsyncToSync.loop_thread_executors:
+        return None
+    return loop
+
+
 def _spawn(turn: _Turn, *, stored: bool = True) -> None:
     """Run ``turn`` on the server's loop, or where there is none (a test, a Celery task) on the
     process's background loop; ``stored=False`` when its messages are still being written."""
@@ -427,6 +485,11 @@ def _spawn(turn: _Turn, *, stored: bool = True) -> None:
     if loop is not None and not on_short_lived_loop():
         turn.loop = loop
         _start_on(loop, turn, stored)
+        return
+    server = _server_loop_of_this_thread() if loop is None else None
+    if server is not None:  # a sync view's thread under an ASGI server
+        turn.loop = server
+        server.call_soon_threadsafe(_start_on, server, turn, stored, context=contextvars.Context())
         return
     background = _background_loop()
     turn.loop = background

@@ -319,8 +319,9 @@ def test_the_usage_event_and_the_message_carry_the_priced_cost(
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("entry", ["astart_turn", "start_turn"])
 def test_a_new_conversation_whose_rows_cannot_be_written_calls_its_run_off(
-    org, member, fake_upstream, allow_loopback, monkeypatch
+    org, member, fake_upstream, allow_loopback, monkeypatch, entry
 ):
     import time
 
@@ -339,8 +340,9 @@ def test_a_new_conversation_whose_rows_cannot_be_written_calls_its_run_off(
         raise RuntimeError("the audit table is gone")
 
     monkeypatch.setattr(turns, "_audit_opened", broken_audit)
+    start = async_to_sync(turns.astart_turn) if entry == "astart_turn" else turns.start_turn
     with pytest.raises(RuntimeError, match="the audit table is gone"):
-        async_to_sync(turns.astart_turn)(org=org, user=member, agent=agent, message="hi", channel="api")
+        start(org=org, user=member, agent=agent, message="hi", channel="api")
 
     assert fake_upstream.stats["requests_by_key"][key] == 1
     deadline = time.monotonic() + 10
