@@ -102,6 +102,27 @@ def on_server_loop() -> bool:
     return not on_short_lived_loop()
 
 
+def detached_context() -> contextvars.Context:
+    """A copy of the current context without asgiref's variables: for a task started on the
+    server's loop from a view's thread, which must not use that request's sync executors."""
+    detached = contextvars.Context()
+    for var, value in contextvars.copy_context().items():
+        if not var.name.startswith("asgiref."):
+            detached.run(var.set, value)
+    return detached
+
+
+def server_loop_of_this_thread() -> asyncio.AbstractEventLoop | None:
+    """The server's loop, called from the thread of a sync view that an ASGI server runs (asgiref
+    records it there); None anywhere else (a test's or a task's short-lived loop, no server)."""
+    from asgiref.sync import SyncToAsync
+
+    loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+    if loop is None or not loop.is_running() or loop in AsyncToSync.loop_thread_executors:
+        return None
+    return loop
+
+
 def submit_db(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
     """Run ``fn`` on the pool and do not wait for it (a refresh nobody waits on); errors are logged."""
 

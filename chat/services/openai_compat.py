@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ from agents.models import Agent
 from agents.selectors.agents import AgentViewer
 from chat.selectors.models import AGENT_PREFIX, openai_agent_get
 from core import context
+from core.db_threads import detached_context, server_loop_of_this_thread
 from core.errors import PermissionDeniedError, ValidationError
 
 CHANNEL = "openai"
@@ -284,7 +285,10 @@ def run_sync(target: Target, messages: list[dict], *, options: dict[str, Any] | 
     return async_to_sync(run)()
 
 
-async def stream_events(
+UNCLAIMED_STREAM_SECONDS = 30.0
+
+
+def stream_events(
     target: Target,
     messages: list[dict],
     *,
@@ -293,9 +297,15 @@ async def stream_events(
     api_key_id: Any = None,
 ) -> AsyncIterator[Event]:
     """The events of a streamed run, produced by a task of their own (see the module doc); an
-    error reaches the consumer as the ApplicationError it was. Closing this generator early
-    cancels the run and with it the upstream call."""
+    error reaches the consumer as the ApplicationError it was. Closing the returned generator early
+    cancels the run and with it the upstream call.
+
+    Called from a sync view's thread under an ASGI server, the run starts on the server's loop at
+    once, while the view returns and the response starts: the model call does not wait for them.
+    A stream nobody starts reading within ``UNCLAIMED_STREAM_SECONDS`` (the client left before its
+    response began) is cancelled. Elsewhere (a test, WSGI) the run starts when reading starts."""
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    state: dict[str, Any] = {"producer": None, "claimed": False}
 
     async def produce() -> None:
         # No connection to give back here: the view's thread returned its own, and the run's
@@ -312,19 +322,47 @@ async def stream_events(
         finally:
             queue.put_nowait(("end", None))
 
-    with context.channel_scope(CHANNEL, request_id=request_id):
-        context.note_api_key(api_key_id)
-        producer = asyncio.ensure_future(produce())  # the task keeps a copy of this context
-    try:
-        while True:
-            kind, value = await queue.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise value
-            yield kind, value
-    finally:
-        if not producer.done():
-            producer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await producer
+    @contextlib.contextmanager
+    def scoped() -> Iterator[None]:
+        """The context the run's usage events are attributed with (the producer keeps a copy)."""
+        with context.channel_scope(CHANNEL, request_id=request_id):
+            context.note_api_key(api_key_id)
+            yield
+
+    server = server_loop_of_this_thread()
+    if server is not None:
+        with scoped():
+            run_context = detached_context()
+
+        def begin_on_server() -> None:
+            if state["producer"] is None:
+                state["producer"] = server.create_task(produce(), context=run_context)
+            server.call_later(UNCLAIMED_STREAM_SECONDS, unclaimed)
+
+        def unclaimed() -> None:
+            if not state["claimed"]:
+                state["producer"].cancel()
+
+        server.call_soon_threadsafe(begin_on_server)
+
+    async def consume() -> AsyncIterator[Event]:
+        state["claimed"] = True
+        if state["producer"] is None:
+            with scoped():
+                state["producer"] = asyncio.ensure_future(produce())  # a copy of this context
+        producer = state["producer"]
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "end":
+                    return
+                if kind == "error":
+                    raise value
+                yield kind, value
+        finally:
+            if not producer.done():
+                producer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await producer
+
+    return consume()

@@ -46,7 +46,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from asgiref.sync import AsyncToSync, ThreadSensitiveContext, sync_to_async
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from channels.db import database_sync_to_async
 from django.db import connections, transaction
 from django.db.models import F
@@ -63,6 +63,7 @@ from chat.selectors.messages import turn_log_read, turn_message_get
 from chat.services.conversations import MAX_CONTENT_CHARS, clean_title
 from core import context as request_context
 from core import realtime
+from core.db_threads import server_loop_of_this_thread
 from core.errors import ApplicationError, ConflictError, NotFoundError, ValidationError
 
 logger = logging.getLogger(__name__)
@@ -462,16 +463,6 @@ def _call_on_loop(turn: _Turn, fn) -> None:
         turn.loop.call_soon_threadsafe(fn)
 
 
-def _server_loop_of_this_thread() -> asyncio.AbstractEventLoop | None:
-    """The server's loop when called from the thread of a sync view that an ASGI server runs."""
-    from asgiref.sync import SyncToAsync
-
-    loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
-    if loop is None or loop.is_closed() or loop in AsyncToSync.loop_thread_executors:
-        return None
-    return loop
-
-
 def _spawn(turn: _Turn, *, stored: bool = True) -> None:
     """Run ``turn`` on the server's loop, or where there is none (a test, a Celery task) on the
     process's background loop; ``stored=False`` when its messages are still being written."""
@@ -486,7 +477,7 @@ def _spawn(turn: _Turn, *, stored: bool = True) -> None:
         turn.loop = loop
         _start_on(loop, turn, stored)
         return
-    server = _server_loop_of_this_thread() if loop is None else None
+    server = server_loop_of_this_thread() if loop is None else None
     if server is not None:  # a sync view's thread under an ASGI server
         turn.loop = server
         server.call_soon_threadsafe(_start_on, server, turn, stored, context=contextvars.Context())

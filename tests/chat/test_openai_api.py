@@ -3,6 +3,7 @@ OpenAI's shape. The official SDK against a live server is in test_openai_sdk.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -481,3 +482,38 @@ def test_a_failure_inside_a_streamed_response_ends_with_response_failed(member_k
     assert [e["type"] for e in events][-2:] == ["error", "response.failed"]
     assert events[-2]["code"] == "provider_bad_request"
     assert events[-1]["response"]["status"] == "failed"
+
+
+def test_from_a_view_thread_the_run_starts_before_reading_and_an_unread_stream_is_cancelled(monkeypatch):
+    """Under an ASGI server the run starts on the server's loop while the view returns; a stream
+    whose response never starts is cancelled after ``UNCLAIMED_STREAM_SECONDS``."""
+    import threading
+
+    from asgiref.sync import SyncToAsync
+
+    from chat.services import openai_compat
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    started, cancelled = threading.Event(), threading.Event()
+
+    async def fake_run(*args, **kwargs):
+        started.set()
+        try:
+            yield "delta", "hi"
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    monkeypatch.setattr(openai_compat, "run_events", fake_run)
+    monkeypatch.setattr(openai_compat, "UNCLAIMED_STREAM_SECONDS", 0.2)
+    monkeypatch.setattr(SyncToAsync.threadlocal, "main_event_loop", loop, raising=False)
+    try:
+        target = openai_compat.Target(org=None, user=None, label="m", model="m")
+        events = openai_compat.stream_events(target, [{"role": "user", "content": "x"}])
+        assert started.wait(5)  # nobody reads yet: the run is already under way
+        assert cancelled.wait(5)  # and nobody ever will: called off
+        assert events is not None
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
