@@ -51,6 +51,7 @@ from billing.services import hotpath
 from billing.services.leases import lease_acquire, lease_settle, lease_take, leases_enabled
 from billing.services.topup import auto_topup_schedule_if_due
 from billing.services.usage import _uuid, window_bounds
+from core.commits import commit_without_flush_wait
 from core.errors import ApplicationError, ConflictError, ValidationError
 
 logger = logging.getLogger(__name__)
@@ -430,9 +431,8 @@ def _fast_commit() -> None:
     (``USAGE_CAP_ASYNC_COMMIT``): a crash can lose the last few hundred milliseconds of counter
     changes, which reconcile-budgets rebuilds from the usage records (written durably), and held
     reservations expire. It halves what enforcement adds to a call on a busy disk."""
-    if connection.vendor == "postgresql" and getattr(settings, "USAGE_CAP_ASYNC_COMMIT", True):
-        with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+    if getattr(settings, "USAGE_CAP_ASYNC_COMMIT", True):
+        commit_without_flush_wait()
 
 
 def _reserve_locked(

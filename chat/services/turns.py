@@ -48,6 +48,7 @@ from typing import Any
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.db import connections, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -63,6 +64,7 @@ from chat.selectors.messages import turn_log_read, turn_message_get
 from chat.services.conversations import MAX_CONTENT_CHARS, clean_title
 from core import context as request_context
 from core import realtime
+from core.commits import commit_without_flush_wait
 from core.db_threads import server_loop_of_this_thread
 from core.errors import ApplicationError, ConflictError, NotFoundError, ValidationError
 
@@ -191,7 +193,10 @@ def turn_open(
 ):
     """The writes of a turn that opens a conversation, under the ids ``started`` chose: the
     conversation, the user message, the streaming assistant message and ``message.start``, in four
-    statements (the run is already under way: see ``astart_turn``)."""
+    statements (the run is already under way: see ``astart_turn``). Its commit does not wait for
+    the disk (``CHAT_ASYNC_COMMIT``), being on the path to the turn's first event."""
+    if settings.CHAT_ASYNC_COMMIT:
+        commit_without_flush_wait()
     now = timezone.now()
     conversation = Conversation.objects.create(
         pk=started.conversation_id,
@@ -527,6 +532,8 @@ def turn_log_write(
     messages that are gone (their conversation was deleted); their events are dropped."""
     ids = {str(message_id) for message_id, *_rest in events} | {str(message_id) for message_id, _ in updates}
     with transaction.atomic():
+        if settings.CHAT_ASYNC_COMMIT:
+            commit_without_flush_wait()
         alive = {str(pk) for pk in Message.objects.filter(pk__in=ids).values_list("pk", flat=True)}
         now = timezone.now()
         for message_id, fields in updates:

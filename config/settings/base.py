@@ -481,6 +481,8 @@ BENCH_RELAY_UPSTREAM = env.str("BENCH_RELAY_UPSTREAM", default="")
 # How often a stream re-reads the database when no push can reach it (in-memory channel layer).
 STREAM_POLL_SECONDS = env.float("STREAM_POLL_SECONDS", default=0.5 if not REDIS_URL else 15.0)
 SSE_KEEPALIVE_SECONDS = env.float("SSE_KEEPALIVE_SECONDS", default=15.0)
+# Chat turns: their opening rows and event log commit without waiting for the WAL flush.
+CHAT_ASYNC_COMMIT = env.bool("CHAT_ASYNC_COMMIT", default=True)
 # WebSocket RPC (/ws): the largest frame a client may send (larger answers ERR_FRAME_TOO_LARGE), and
 # how many requests and streaming turns one socket may have running (more: ERR_TOO_MANY_REQUESTS).
 WS_MAX_FRAME_BYTES = env.int("WS_MAX_FRAME_BYTES", default=256 * 1024)
