@@ -25,6 +25,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import Membership, Organization, Role, User
+from agents import lookup_cache
 from agents.models import Agent, AgentShare
 from core.errors import NotFoundError
 
@@ -107,14 +108,39 @@ def agent_list(
     return agents
 
 
+def _visible_without_shares(agent: Agent, viewer: AgentViewer) -> bool | None:
+    """``_visible_filter`` for one row in memory; None when only the agent's shares can tell."""
+    if viewer.bound_agent_id is not None:
+        return agent.pk == viewer.bound_agent_id
+    if viewer.is_admin:
+        return True
+    if agent.visibility in (Agent.Visibility.ORG, Agent.Visibility.PUBLIC):
+        return True
+    if viewer.user is None:
+        return False
+    return True if agent.owner_id == viewer.user.pk else None
+
+
 def agent_for_run(*, org: Organization, viewer: AgentViewer, key: str | None = None, agent_id: Any = None):
     """The agent a run names by key or id, if ``viewer`` may see it, else None; with its org
-    attached. The lean read on the path to a model call: no joins, no ordering to plan."""
-    agents = Agent.objects.filter(org=org).filter(_visible_filter(viewer))
-    agents = agents.filter(pk=agent_id) if agent_id is not None else agents.filter(key=key)
-    agent = agents.order_by().first()
-    if agent is not None:
-        agent.org = org  # the row is the org's: spare the run a query (and a thread hop) for it
+    attached. On the path to every turn's model call: the row comes from ``agents.lookup_cache``
+    (one cache round trip) or one lean query, and who may see it is decided here, per call (a
+    private agent shared with the viewer costs one more query)."""
+    ref = f"id:{agent_id}" if agent_id is not None else f"key:{key}"
+    agent, generation = lookup_cache.cached_agent(org.pk, ref)
+    if agent is None:
+        agents = Agent.objects.filter(org=org)
+        agents = agents.filter(pk=agent_id) if agent_id is not None else agents.filter(key=key)
+        agent = agents.order_by().first()
+        if agent is None:
+            return None
+        lookup_cache.store(org.pk, ref, agent, generation)
+    visible = _visible_without_shares(agent, viewer)
+    if visible is None:
+        visible = AgentShare.objects.filter(agent_id=agent.pk, user=viewer.user).exists()
+    if not visible:
+        return None
+    agent.org = org  # the row is the org's: spare the run a query (and a thread hop) for it
     return agent
 
 

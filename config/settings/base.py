@@ -441,6 +441,7 @@ API_KEY_USAGE_RETENTION_DAYS = env.int("API_KEY_USAGE_RETENTION_DAYS", default=3
 # Longest life of a cached API-key lookup; any change to keys, members, users or orgs ends it
 # at once anyway (accounts/auth_cache.py). 0 turns the cache off.
 AUTH_CACHE_SECONDS = env.int("AUTH_CACHE_SECONDS", default=30)
+AGENT_CACHE_SECONDS = env.int("AGENT_CACHE_SECONDS", default=30)
 
 # Fernet keys for secrets stored encrypted (comma list: the first encrypts, all decrypt). Empty:
 # one key is generated into var/encryption_keys. Rotate with `manage.py rotate_encryption_keys`.

@@ -1,0 +1,61 @@
+"""A shared cache of the agent rows that runs name (by key or id), which can never outlive a change
+to an agent.
+
+Every chat turn and every ``agent:<key>`` call reads its agent before anything else happens; this
+keeps that read to one cache round trip. It works like the API-key cache (``accounts.auth_cache``):
+each entry carries the *generation* it was read under, and any save or delete of an agent bumps
+the generation (at once, and again when the transaction commits), so an edited, deleted or
+re-permissioned agent is read afresh on the very next call, in every process. Only the row is
+cached; who may see it is decided per call (``agents.selectors.agents.agent_for_run``).
+``AGENT_CACHE_SECONDS`` bounds an entry's life (0 turns the cache off).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import transaction
+
+GENERATION_KEY = "agents:lookup:generation"
+
+
+def _entry_key(org_id: Any, ref: str) -> str:
+    return f"agents:lookup:{org_id}:{ref}"
+
+
+def cached_agent(org_id: Any, ref: str) -> tuple[Any, int | None]:
+    """(cached agent row or None, current generation) in one cache round trip."""
+    if settings.AGENT_CACHE_SECONDS <= 0:
+        return None, None
+    entry_key = _entry_key(org_id, ref)
+    found = cache.get_many([GENERATION_KEY, entry_key])
+    generation = found.get(GENERATION_KEY)
+    entry = found.get(entry_key)
+    if generation is not None and entry is not None and entry[0] == generation:
+        return entry[1], generation
+    return None, generation
+
+
+def store(org_id: Any, ref: str, agent: Any, generation: int | None) -> None:
+    """Remember a row read under ``generation`` (read *before* the database was queried)."""
+    if settings.AGENT_CACHE_SECONDS <= 0:
+        return
+    if generation is None:
+        cache.add(GENERATION_KEY, 1, timeout=None)
+        return  # the generation was unknown when we read: do not trust this read
+    cache.set(_entry_key(org_id, ref), (generation, agent), timeout=settings.AGENT_CACHE_SECONDS)
+
+
+def _bump() -> None:
+    try:
+        cache.incr(GENERATION_KEY)
+    except ValueError:  # not there yet (or evicted): any new value invalidates every entry
+        cache.set(GENERATION_KEY, 1, timeout=None)
+
+
+def invalidate() -> None:
+    """Forget every cached agent row, now and again when the current transaction commits."""
+    _bump()
+    transaction.on_commit(_bump)

@@ -1,0 +1,74 @@
+"""The agent a run names (``agent_for_run``): the same answer as the agents list, cached rows
+included, and a change to an agent seen by the very next call."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from accounts.models import Role
+from agents.models import Agent, AgentShare
+from agents.selectors.agents import AgentViewer, agent_for_run, agent_list
+from tests.factories import UserFactory
+
+
+def _agent(org, owner, visibility) -> Agent:
+    return Agent.objects.create(
+        org=org, key=f"a-{uuid.uuid4().hex[:8]}", name="A", owner=owner, visibility=visibility
+    )
+
+
+@pytest.mark.django_db
+def test_it_answers_exactly_what_the_agents_list_answers_for_every_viewer(org, owner, member):
+    stranger = UserFactory()
+    shared_with = UserFactory()
+    agents = {v: _agent(org, owner, v) for v in Agent.Visibility.values}
+    AgentShare.objects.create(agent=agents[Agent.Visibility.PRIVATE], user=shared_with)
+    viewers = [
+        AgentViewer(user=owner, role=Role.OWNER),
+        AgentViewer(user=member, role=Role.MEMBER),
+        AgentViewer(user=shared_with, role=Role.MEMBER),
+        AgentViewer(user=stranger, role=Role.VIEWER),
+        AgentViewer(user=None, role=Role.MEMBER),
+        AgentViewer(user=None, role=Role.MEMBER, bound_agent_id=agents[Agent.Visibility.PRIVATE].pk),
+        AgentViewer(user=None, role=Role.MEMBER, bound_agent_id=uuid.uuid4()),
+    ]
+    private_of_member = _agent(org, member, Agent.Visibility.PRIVATE)
+    for viewer in viewers:
+        for agent in [*agents.values(), private_of_member]:
+            expected = agent_list(org=org, viewer=viewer).filter(pk=agent.pk).exists()
+            for _ in range(2):  # read from the database, then from the cache
+                by_key = agent_for_run(org=org, viewer=viewer, key=agent.key)
+                by_id = agent_for_run(org=org, viewer=viewer, agent_id=agent.pk)
+                found = (by_key is not None, by_id is not None)
+                assert found == (expected, expected), (viewer, agent.visibility)
+    assert agent_for_run(org=org, viewer=viewers[0], key="no-such-agent") is None
+
+
+@pytest.mark.django_db
+def test_a_cached_row_costs_no_query_and_an_edit_is_seen_at_once(org, owner):
+    viewer = AgentViewer(user=owner, role=Role.OWNER)
+    agent = _agent(org, owner, Agent.Visibility.ORG)
+    first = agent_for_run(org=org, viewer=viewer, key=agent.key)
+    with CaptureQueriesContext(connection) as queries:
+        again = agent_for_run(org=org, viewer=viewer, key=agent.key)
+    assert len(queries) == 0 and again.pk == first.pk and again.org == org
+
+    agent.model = "edited-model"
+    agent.save()
+    assert agent_for_run(org=org, viewer=viewer, key=agent.key).model == "edited-model"
+    agent.delete()
+    assert agent_for_run(org=org, viewer=viewer, key=agent.key) is None
+
+
+@pytest.mark.django_db
+def test_the_cache_can_be_turned_off(org, owner, settings):
+    settings.AGENT_CACHE_SECONDS = 0
+    viewer = AgentViewer(user=owner, role=Role.OWNER)
+    agent = _agent(org, owner, Agent.Visibility.ORG)
+    agent_for_run(org=org, viewer=viewer, key=agent.key)
+    Agent.objects.filter(pk=agent.pk).update(model="changed-without-a-signal")
+    assert agent_for_run(org=org, viewer=viewer, key=agent.key).model == "changed-without-a-signal"
