@@ -1,8 +1,9 @@
 """The keyword side of search, on the database's own full-text index (created by migration 0001).
 
-- PostgreSQL: ``knowledge_chunk.tsv`` (tsvector in the KB's language, GIN-indexed). The query's
-  lexemes are OR-ed (``plainto_tsquery`` ANDs them, which finds nothing for a natural-language
-  question) and matches are ranked with ``ts_rank_cd`` normalised by document length.
+- PostgreSQL: ``knowledge_chunk.tsv`` (tsvector in the KB's language, GIN-indexed) and
+  ``tsv_length`` (its token count). The query's lexemes are OR-ed (``plainto_tsquery`` ANDs them,
+  which finds nothing for a natural-language question) and matches are ranked by BM25 computed in
+  SQL, with per-KB document frequencies cached a while (``_pg_search``).
 - SQLite: the FTS5 table ``knowledge_chunk_fts`` (porter stemmer), ranked by its built-in BM25.
 
 Both return ``[(chunk_id, score)]`` best first, scores higher-is-better.
@@ -10,12 +11,14 @@ Both return ``[(chunk_id, score)]`` best first, scores higher-is-better.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
+from typing import Any
 
 from django.db import connection
 
@@ -56,117 +59,206 @@ def _as_uuid(value: object) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
 
-# PostgreSQL: a term (lexeme) found in more chunks of the KB than this still scores, but does not
-# select candidates on its own: ``ts_rank_cd`` reads the tsvector of every candidate (~10 µs a row),
-# so an OR with a word in half of a 100k-chunk KB cost ~0.6 s. Chunks holding only such words
-# rank low anyway (they share nothing rare with the query).
-COMMON_CHUNKS = 2000
 _DF_TTL_SECONDS = 300.0
 _DF_CACHE_SIZE = 4096
-_df_cache: OrderedDict[tuple[str, str, str], tuple[float, int]] = OrderedDict()
-_df_lock = threading.Lock()  # the cache of document frequencies of both databases
+# Term counts of both databases and PostgreSQL's per-KB statistics: (scope, term, kind) -> (at, value).
+_df_cache: OrderedDict[tuple[str, str, str], tuple[float, Any]] = OrderedDict()
+_df_lock = threading.Lock()
+# PostgreSQL: bumped when this process (re)indexes a KB's chunks, so its cached statistics are not
+# read again here; other processes see the change when their entries expire (``_DF_TTL_SECONDS``).
+_kb_generation: dict[str, int] = {}
+
+# SQLite: below this many chunks FTS5 scores every match fast enough; above it a term found in more
+# than ``SQLITE_COMMON_SHARE`` of the chunks is left out of the query (see ``_informative_terms``).
+SQLITE_BIG_TABLE = 20_000
+SQLITE_COMMON_SHARE = 0.05
 
 
-def _informative_terms(cursor, terms: list[str]) -> list[str]:
-    """Drop terms found in more than half of all chunks (keeping the rarest one at least).
-
-    FTS5's BM25 gives such a term an IDF of ~0 (it clamps negative IDFs to 1e-6), so it adds nothing
-    to a score, but OR-ing it in makes FTS5 score every chunk that holds it: the ranking is the
-    same without it, and a query of common words stops costing a scan of the table.
-    """
-    if len(terms) < 2:
-        return terms
-    cursor.execute("SELECT max(rowid) FROM knowledge_chunk_fts")
-    total = cursor.fetchone()[0] or 0
-    half = total // 2
-    if half < 1000:  # small tables are cheap to scan whole
-        return terms
-    frequency = {}
-    now = time.monotonic()
-    for term in terms:
-        key = ("sqlite", term, str(half))  # the counts are capped at half the table: keyed by it
-        with _df_lock:
-            cached = _df_cache.get(key)
-        if cached is not None and now - cached[0] < _DF_TTL_SECONDS:
-            frequency[term] = cached[1]
-            continue
-        cursor.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM knowledge_chunk_fts "
-            "WHERE knowledge_chunk_fts MATCH %s LIMIT %s)",
-            ['"' + term.replace('"', "") + '"', half + 1],
-        )
-        frequency[term] = cursor.fetchone()[0]
-        _remember(key, now, frequency[term])
-    kept = [term for term in terms if frequency[term] <= half]
-    return kept or [min(terms, key=frequency.__getitem__)]
-
-
-def _pg_document_frequency(cursor, kb_id: uuid.UUID, lexemes: list[str]) -> dict[str, int]:
-    """Chunks of the KB matching each tsquery, counted up to ``COMMON_CHUNKS + 1`` (cached a while:
-    frequencies move slowly, and a query of common words would otherwise count them every time)."""
-    now = time.monotonic()
-    found: dict[str, int] = {}
+def _cached(key: tuple[str, str, str], now: float) -> Any:
     with _df_lock:
-        for lexeme in lexemes:
-            cached = _df_cache.get((str(kb_id), lexeme, ""))
-            if cached is not None and now - cached[0] < _DF_TTL_SECONDS:
-                found[lexeme] = cached[1]
-    for lexeme in lexemes:
-        if lexeme in found:
-            continue
-        cursor.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM knowledge_chunk WHERE kb_id = %s AND tsv @@ %s::tsquery "
-            "LIMIT %s) AS matches",
-            [kb_id, lexeme, COMMON_CHUNKS + 1],
-        )
-        found[lexeme] = cursor.fetchone()[0]
-        _remember((str(kb_id), lexeme, ""), now, found[lexeme])
-    return found
+        cached = _df_cache.get(key)
+    return cached[1] if cached is not None and now - cached[0] < _DF_TTL_SECONDS else None
 
 
-def _remember(key: tuple[str, str, str], at: float, count: int) -> None:
+def _remember(key: tuple[str, str, str], at: float, value: Any) -> None:
     with _df_lock:
-        _df_cache[key] = (at, count)
+        _df_cache[key] = (at, value)
         _df_cache.move_to_end(key)
         while len(_df_cache) > _DF_CACHE_SIZE:
             _df_cache.popitem(last=False)
 
 
+def _informative_terms(cursor, terms: list[str]) -> list[str]:
+    """Drop the terms too common to be worth their cost (keeping the rarest one at least).
+
+    A term in more than half of all chunks gets an IDF of ~0 from FTS5's BM25 (it clamps negative
+    IDFs to 1e-6), so it adds nothing to a score, but OR-ing it in makes FTS5 score every chunk that
+    holds it. Past ``SQLITE_BIG_TABLE`` chunks, terms in more than ``SQLITE_COMMON_SHARE`` of them
+    go too: their IDF is small (< 3 against ~10 for a rare term), the chunks they would add rank
+    below those sharing a rarer term, and scoring them is what made a query cost ~100 ms.
+    """
+    if len(terms) < 2:
+        return terms
+    cursor.execute("SELECT max(rowid) FROM knowledge_chunk_fts")
+    total = cursor.fetchone()[0] or 0
+    cap = int(total * SQLITE_COMMON_SHARE) if total > SQLITE_BIG_TABLE else total // 2
+    if total < 2000:  # small tables are cheap to scan whole
+        return terms
+    frequency = {}
+    now = time.monotonic()
+    for term in terms:
+        key = ("sqlite", term, str(cap))  # the counts are capped: keyed by the cap
+        cached = _cached(key, now)
+        if cached is not None:
+            frequency[term] = cached
+            continue
+        cursor.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM knowledge_chunk_fts "
+            "WHERE knowledge_chunk_fts MATCH %s LIMIT %s)",
+            ['"' + term.replace('"', "") + '"', cap + 1],
+        )
+        frequency[term] = cursor.fetchone()[0]
+        _remember(key, now, frequency[term])
+    kept = [term for term in terms if frequency[term] <= cap]
+    return kept or [min(terms, key=frequency.__getitem__)]
+
+
+# PostgreSQL BM25. ``k1`` and ``b`` are the usual (Lucene's, FTS5's) values.
+BM25_K1 = 1.2
+BM25_B = 0.75
+# A lexeme's chunks are counted exactly up to this many; past it the count is estimated from the
+# first ``DF_SAMPLE`` chunks of the KB (counting every match of "cell" in a 100k-chunk KB on a
+# query's first use costs more than the whole search may).
+COMMON_CHUNKS = 2000
+DF_SAMPLE = 2000
+# At most this many candidates are scored per query (reading and unnesting each tsvector costs a
+# few µs). Candidates are the chunks holding the query's rarest lexemes, as many of those lexemes
+# as their counts fit in this bound: a chunk holding only commoner ones scores below them unless
+# it holds several, which is where the bound trades a little exactness for time.
+RANKED_CANDIDATES = 5000
+
+
+def tsquery_of(lexemes: Iterable[str]) -> str:
+    """The tsquery text OR-ing ``lexemes`` verbatim (already normalised: cast, never parsed again)."""
+    return " | ".join("'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'" for lexeme in lexemes)
+
+
+def _pg_statistics(cursor, kb_id: uuid.UUID, lexemes: list[str]) -> tuple[int, float, dict[str, int]]:
+    """The KB's chunk count, average chunk length (tokens) and each lexeme's document frequency.
+
+    Cached a while per KB (they move slowly): a query of new lexemes costs one round trip for the
+    exact counts (each capped at ``COMMON_CHUNKS + 1``) and, for the KB's first query or a lexeme
+    over the cap, one more over a ``DF_SAMPLE``-chunk sample.
+    """
+    scope = f"{kb_id}:{_kb_generation.get(str(kb_id), 0)}"
+    now = time.monotonic()
+    stats = _cached((scope, "", "stats"), now)
+    found: dict[str, int] = {}
+    for lexeme in lexemes:
+        cached = _cached((scope, lexeme, "df"), now)
+        if cached is not None:
+            found[lexeme] = cached
+    missing = [lexeme for lexeme in lexemes if lexeme not in found]
+    if missing:
+        # One statement, one subquery per lexeme: the planner sees each (a correlated subquery over
+        # the list would hide it, and the plan could walk the whole KB instead of the GIN index).
+        union = " UNION ALL ".join(
+            f"SELECT {position}, count(*) FROM (SELECT 1 FROM knowledge_chunk "  # noqa: S608 - placeholders
+            "WHERE kb_id = %s AND tsv @@ %s::tsquery LIMIT %s) AS m"
+            for position in range(len(missing))
+        )
+        params: list = []
+        for lexeme in missing:
+            params += [kb_id, tsquery_of([lexeme]), COMMON_CHUNKS + 1]
+        cursor.execute(union, params)
+        counts = dict(cursor.fetchall())
+        exact = {lexeme: int(counts[position]) for position, lexeme in enumerate(missing)}
+    else:
+        exact = {}
+    common = [lexeme for lexeme, count in exact.items() if count > COMMON_CHUNKS]
+    if stats is None or common:
+        filters = "".join(", count(*) FILTER (WHERE tsv @@ %s::tsquery)" for _ in common)
+        cursor.execute(
+            "SELECT (SELECT count(*) FROM knowledge_chunk WHERE kb_id = %s), "  # noqa: S608 - placeholders
+            f"avg(coalesce(tsv_length, 0)), count(*){filters} FROM (SELECT tsv, tsv_length "
+            "FROM knowledge_chunk WHERE kb_id = %s AND tsv IS NOT NULL LIMIT %s) AS sample",
+            [kb_id, *[tsquery_of([lexeme]) for lexeme in common], kb_id, DF_SAMPLE],
+        )
+        row = cursor.fetchone()
+        total, average, sampled = int(row[0]), float(row[1] or 0.0), int(row[2])
+        if stats is None:
+            stats = (total, average)
+            _remember((scope, "", "stats"), now, stats)
+        for lexeme, hits in zip(common, row[3:], strict=True):
+            estimate = round(hits / sampled * stats[0]) if sampled else 0
+            exact[lexeme] = max(COMMON_CHUNKS + 1, min(stats[0], estimate))
+    for lexeme, count in exact.items():
+        found[lexeme] = count
+        _remember((scope, lexeme, "df"), now, count)
+    total, average = stats
+    return max(total, 1), max(average, 1.0), found
+
+
+# ``k1 * (1 - b + b * length / average)`` is passed as ``%s + %s * length``. ``{skip}`` leaves out
+# the chunks an earlier, narrower pass has scored already.
+_PG_BM25 = (  # noqa: S608 - the SQL is a constant with placeholders
+    "WITH candidates AS MATERIALIZED (SELECT c.id, c.tsv, c.tsv_length FROM knowledge_chunk c "
+    "WHERE c.kb_id = %s AND c.tsv @@ %s::tsquery{skip}{docs} LIMIT %s), "
+    "q AS (SELECT * FROM unnest(%s::text[], %s::float8[]) AS q(lexeme, idf)) "
+    "SELECT c.id, sum(q.idf * t.tf * %s / (t.tf + %s + %s * coalesce(c.tsv_length, %s))) AS score "
+    "FROM candidates c CROSS JOIN LATERAL (SELECT u.lexeme, coalesce(cardinality(u.positions), 1) AS tf "
+    "FROM unnest(ts_filter(setweight(c.tsv, 'A', %s::text[]), '{a}')) AS u) AS t "
+    "JOIN q ON q.lexeme = t.lexeme GROUP BY c.id ORDER BY score DESC, c.id LIMIT %s"
+)
+
+
 def _pg_search(
     cursor, kb_id: uuid.UUID, config: str, terms: list[str], limit: int, doc_clause: str, doc_params: list
 ) -> list[tuple[uuid.UUID, float]]:
-    """Rank by ``ts_rank_cd`` over every query lexeme, among the chunks that hold a rare one.
+    """Rank by BM25 over every query lexeme, among the chunks holding the rarest ones.
 
-    The lexemes come from ``plainto_tsquery`` per word (stemmed, stop words dropped). Candidates are
-    the chunks matching any lexeme found in at most ``COMMON_CHUNKS`` chunks; when every lexeme is
-    common, the chunks holding all of them; when those are fewer than ``limit``, every match (the
-    plain OR, exact but slow on a big KB).
+    The lexemes are the query's words through the KB's text search configuration (stemmed, stop
+    words dropped). Each scores ``idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / average))``
+    with ``idf = ln(1 + (N - df + 0.5) / (df + 0.5))``, ``tf`` its positions in the chunk's
+    tsvector and ``length`` the chunk's ``tsv_length``. Candidates (GIN-selected) are the chunks
+    holding any of the rarest lexemes whose counts add up to at most ``RANKED_CANDIDATES``
+    (the rarest one at least); when those are fewer than ``limit``, up to ``RANKED_CANDIDATES``
+    more holding the other lexemes are scored too.
     """
     cursor.execute(
-        "SELECT plainto_tsquery(%s::regconfig, word)::text FROM unnest(%s::text[]) AS word",
-        [config, terms],
+        "SELECT DISTINCT lexeme FROM unnest(to_tsvector(%s::regconfig, %s)) ORDER BY lexeme",
+        [config, " ".join(terms)],
     )
-    lexemes = list(dict.fromkeys(row[0] for row in cursor.fetchall() if row[0]))
+    lexemes = [row[0] for row in cursor.fetchall() if row[0]]
     if not lexemes:
         return []
-    scoring = " | ".join(f"({lexeme})" for lexeme in lexemes)
-    candidates = [scoring]
-    if len(lexemes) > 1:
-        frequency = _pg_document_frequency(cursor, kb_id, lexemes)
-        rare = [lexeme for lexeme in lexemes if frequency[lexeme] <= COMMON_CHUNKS]
-        narrow = " | ".join(f"({lexeme})" for lexeme in rare) if rare else " & ".join(lexemes)
-        candidates.insert(0, narrow)
-    sql = (  # noqa: S608 - the SQL is a constant with placeholders
-        "SELECT c.id, ts_rank_cd(c.tsv, %s::tsquery, 1) AS score FROM knowledge_chunk c "
-        "WHERE c.kb_id = %s AND c.tsv @@ %s::tsquery{docs} ORDER BY score DESC, c.id LIMIT %s"
-    ).replace("{docs}", doc_clause)  # only placeholders go in
-    rows: list = []
-    for position, candidate in enumerate(candidates):
-        cursor.execute(sql, [scoring, kb_id, candidate, *doc_params, limit])
-        rows = cursor.fetchall()
-        if len(rows) >= limit or position == len(candidates) - 1:
+    total, average, frequency = _pg_statistics(cursor, kb_id, lexemes)
+    idf = [math.log(1 + (total - min(frequency[x], total) + 0.5) / (frequency[x] + 0.5)) for x in lexemes]
+    by_rarity = sorted(lexemes, key=lambda lexeme: (frequency[lexeme], lexeme))
+    narrow, covered = [by_rarity[0]], frequency[by_rarity[0]]
+    for lexeme in by_rarity[1:]:
+        covered += frequency[lexeme]
+        if covered > RANKED_CANDIDATES:
             break
-        # Too few among the narrow candidates: widen to every match (exact) only if that adds rows.
+        narrow.append(lexeme)
+    length_factor = BM25_K1 * BM25_B / average
+    scoring = [lexemes, idf, BM25_K1 + 1, BM25_K1 * (1 - BM25_B), length_factor, average, lexemes, limit]
+    sql = _PG_BM25.replace("{docs}", doc_clause)  # only placeholders go in
+    cursor.execute(
+        sql.replace("{skip}", ""),
+        [kb_id, tsquery_of(narrow), *doc_params, RANKED_CANDIDATES, *scoring],
+    )
+    rows = cursor.fetchall()
+    if len(rows) < limit and len(narrow) < len(lexemes):
+        # Too few chunks hold the rarest lexemes: score (a bounded number of) those holding the others.
+        cursor.execute(
+            sql.replace("{skip}", " AND NOT c.tsv @@ %s::tsquery"),
+            [
+                kb_id, tsquery_of(lexemes[i] for i in range(len(lexemes)) if lexemes[i] not in narrow),
+                tsquery_of(narrow), *doc_params, RANKED_CANDIDATES, *scoring,
+            ],
+        )  # fmt: skip
+        rows = sorted(rows + cursor.fetchall(), key=lambda row: (-row[1], row[0]))[:limit]
     return [(_as_uuid(row[0]), float(row[1])) for row in rows]
 
 
@@ -239,30 +331,36 @@ def keyword_search(
     return scored[:limit]
 
 
+# The tsvector of each chunk and its token count (BM25's length; as migration 0002 backfills it).
 _TSV_UPDATE = (
-    "UPDATE knowledge_chunk SET tsv = to_tsvector(%s::regconfig, coalesce(section, '') || ' ' || text) "
+    "UPDATE knowledge_chunk AS c SET tsv = v.tsv, tsv_length = (SELECT coalesce(sum(coalesce("
+    "cardinality(t.positions), 1)), 0) FROM unnest(v.tsv) AS t) FROM (SELECT id, to_tsvector(%s::regconfig, "
+    "coalesce(section, '') || ' ' || text) AS tsv FROM knowledge_chunk WHERE {column} = %s) AS v "
+    "WHERE c.id = v.id RETURNING c.kb_id"
 )
 
 
+def _forget_statistics(kb_ids: Iterable[object]) -> None:
+    with _df_lock:
+        for kb_id in {str(_as_uuid(value)) for value in kb_ids}:
+            _kb_generation[kb_id] = _kb_generation.get(kb_id, 0) + 1
+
+
 def index_chunks(*, document_id: uuid.UUID, language: str) -> None:
-    """Fill the full-text column of a document's chunks (PostgreSQL; SQLite's triggers do it)."""
+    """Fill the full-text columns of a document's chunks (PostgreSQL; SQLite's triggers do it)."""
     if connection.vendor != "postgresql":
         return
     config = language if language in LANGUAGES else "simple"
     with connection.cursor() as cursor:
-        cursor.execute(
-            _TSV_UPDATE + "WHERE document_id = %s",
-            [config, document_id],
-        )
+        cursor.execute(_TSV_UPDATE.replace("{column}", "document_id"), [config, document_id])
+        _forget_statistics(row[0] for row in cursor.fetchall())
 
 
 def reindex_kb(*, kb_id: uuid.UUID, language: str) -> None:
-    """Refill the full-text column of every chunk of a KB (its language changed)."""
+    """Refill the full-text columns of every chunk of a KB (its language changed)."""
     if connection.vendor != "postgresql":
         return
     config = language if language in LANGUAGES else "simple"
     with connection.cursor() as cursor:
-        cursor.execute(
-            _TSV_UPDATE + "WHERE kb_id = %s",
-            [config, kb_id],
-        )
+        cursor.execute(_TSV_UPDATE.replace("{column}", "kb_id"), [config, kb_id])
+    _forget_statistics([kb_id])
