@@ -167,9 +167,9 @@ def _allowed_documents(kb: KnowledgeBase, filters: dict[str, Any] | None) -> set
 
 
 def _serving_index(kb: KnowledgeBase) -> IndexVersion | None:
-    if kb.active_index_id is None:
-        return None
-    return IndexVersion.objects.filter(pk=kb.active_index_id, status=IndexVersion.Status.READY).first()
+    """The KB's serving index version, from the row ``run_search`` read with the KB (no query)."""
+    index = kb.active_index
+    return index if index is not None and index.status == IndexVersion.Status.READY else None
 
 
 @functools.cache
@@ -197,7 +197,9 @@ def run_search(
     if not query:
         raise ValidationError("query must not be empty.", code="ERR_EMPTY_QUERY")
     top_k = max(1, min(int(top_k), MAX_TOP_K))
-    kb = KnowledgeBase.objects.get(pk=kb.pk)
+    # One query for the KB, its org (the query embedding's) and its serving index, whose
+    # ``revision`` is all the vector cache needs to know it is current.
+    kb = KnowledgeBase.objects.select_related("org", "active_index").get(pk=kb.pk)
     allowed = _allowed_documents(kb, filters)
     pool = max(top_k * 5, 50) if mode == "hybrid" else top_k
     notes: list[str] = []

@@ -1,9 +1,10 @@
 """The vector side of search: exact cosine over an index version's vectors, held in memory.
 
 Each process keeps, per index version, one float32 matrix of its (L2-normalised) vectors with the
-chunk and document of each row. A search compares the version's ``revision`` (one small query)
-with the cached one: unchanged → the matrix is used as is; vectors added → only the new rows are
-read and appended; rows removed → the version is read again. Nothing is rebuilt per query. Exact
+chunk and document of each row. A search compares the version's ``revision`` (read with the KB by
+the search: no query of its own) with the cached one: unchanged → the matrix is used as is;
+vectors added → only the new rows are read and appended; rows removed → the version is read
+again. Nothing is rebuilt per query. Exact
 search over 100k × 384 is one matrix-vector product (a few ms), so no approximate index is needed
 at the sizes a KB reaches here.
 """
@@ -87,11 +88,11 @@ def _empty(dimension: int | None) -> _Entry:
 
 
 def matrix_for(index: IndexVersion) -> _Entry:
-    """The cached vectors of ``index`` at its current revision (read fresh from the database)."""
-    current = IndexVersion.objects.filter(pk=index.pk).values_list("revision", "dimension").first()
-    if current is None:
-        return _empty(index.dimension)
-    revision, dimension = current
+    """The cached vectors of ``index`` at ``index.revision``, which the caller has just read.
+
+    Loading the newer rows reads the database; a current entry costs no query.
+    """
+    revision, dimension = index.revision, index.dimension
     entry = _cache.get(index.pk)
     if entry is not None and entry.revision == revision:
         return entry

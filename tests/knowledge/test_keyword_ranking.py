@@ -10,6 +10,7 @@ import pytest
 from django.db import connection
 
 from knowledge.search import keyword, run_search
+from knowledge.search.vector import matrix_for
 from knowledge.services.documents import document_create_from_text
 
 from .conftest import run_pending_jobs
@@ -183,3 +184,29 @@ def test_sqlite_drops_terms_in_over_5_percent_of_chunks_only_past_20k_chunks():
     assert keyword._informative_terms(
         Cursor(40_000, {"otters": 9_000, "the": 30_000}), ["otters", "the"]
     ) == ["otters"]
+
+
+def test_a_current_vector_cache_costs_no_query(vector_kb, owner, django_assert_num_queries):
+    _fill(vector_kb, owner, {"Otters": "Sea otters hold hands.", "Kelp": "Kelp forests sway."})
+    vector_kb.refresh_from_db()
+    index = vector_kb.active_index
+    loaded = matrix_for(index)
+    assert loaded.matrix.shape[0] == 2
+    with django_assert_num_queries(0):
+        assert matrix_for(index) is loaded
+
+
+def test_a_search_reads_the_kb_its_org_and_its_index_in_one_query(vector_kb, owner):
+    from django.test.utils import CaptureQueriesContext
+
+    _fill(vector_kb, owner, {"Otters": "Sea otters hold hands.", "Kelp": "Kelp forests sway."})
+    run_search(kb=vector_kb, query="otters", mode="keyword")
+    with CaptureQueriesContext(connection) as captured:
+        hits = run_search(kb=vector_kb, query="otters", mode="keyword").hits
+    assert hits[0].title == "Otters"
+    tables = ("knowledge_knowledgebase", "knowledge_indexversion", "accounts_organization")
+    reads = [q["sql"] for q in captured.captured_queries if any(table in q["sql"] for table in tables)]
+    assert len(reads) == 1 and all(table in reads[0] for table in tables)
+    # Then the keyword ranking (PostgreSQL: lexemes and BM25, the statistics cached by the first
+    # search; SQLite: the FTS5 ranking and a count when it found fewer than asked) and the hits.
+    assert len(captured.captured_queries) <= 4
