@@ -16,7 +16,7 @@ import re
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -129,13 +129,13 @@ BM25_B = 0.75
 # A lexeme's chunks are counted exactly up to this many; past it the count is estimated from the
 # first ``DF_SAMPLE`` chunks of the KB (counting every match of "cell" in a 100k-chunk KB on a
 # query's first use costs more than the whole search may).
-COMMON_CHUNKS = 2000
+COMMON_CHUNKS = 1000
 DF_SAMPLE = 2000
 # At most this many candidates are scored per query (reading and unnesting each tsvector costs a
 # few µs). Candidates are the chunks holding the query's rarest lexemes, as many of those lexemes
 # as their counts fit in this bound: a chunk holding only commoner ones scores below them unless
 # it holds several, which is where the bound trades a little exactness for time.
-RANKED_CANDIDATES = 5000
+RANKED_CANDIDATES = 2000
 
 
 def tsquery_of(lexemes: Iterable[str]) -> str:
@@ -147,8 +147,8 @@ def _pg_statistics(cursor, kb_id: uuid.UUID, lexemes: list[str]) -> tuple[int, f
     """The KB's chunk count, average chunk length (tokens) and each lexeme's document frequency.
 
     Cached a while per KB (they move slowly): a query of new lexemes costs one round trip for the
-    exact counts (each capped at ``COMMON_CHUNKS + 1``) and, for the KB's first query or a lexeme
-    over the cap, one more over a ``DF_SAMPLE``-chunk sample.
+    exact counts (each capped at ``COMMON_CHUNKS + 1``); the KB's first query reads the chunk count
+    and a ``DF_SAMPLE``-chunk sample, whose lexeme counts estimate those over the cap.
     """
     scope = f"{kb_id}:{_kb_generation.get(str(kb_id), 0)}"
     now = time.monotonic()
@@ -175,27 +175,29 @@ def _pg_statistics(cursor, kb_id: uuid.UUID, lexemes: list[str]) -> tuple[int, f
         exact = {lexeme: int(counts[position]) for position, lexeme in enumerate(missing)}
     else:
         exact = {}
-    common = [lexeme for lexeme, count in exact.items() if count > COMMON_CHUNKS]
-    if stats is None or common:
-        filters = "".join(", count(*) FILTER (WHERE tsv @@ %s::tsquery)" for _ in common)
+    if stats is None:
+        # The chunk count, and a sample's average length and lexeme counts (one read of
+        # ``DF_SAMPLE`` tsvectors per KB while cached, instead of one per common lexeme).
         cursor.execute(
-            "SELECT (SELECT count(*) FROM knowledge_chunk WHERE kb_id = %s), "  # noqa: S608 - placeholders
-            f"avg(coalesce(tsv_length, 0)), count(*){filters} FROM (SELECT tsv, tsv_length "
-            "FROM knowledge_chunk WHERE kb_id = %s AND tsv IS NOT NULL LIMIT %s) AS sample",
-            [kb_id, *[tsquery_of([lexeme]) for lexeme in common], kb_id, DF_SAMPLE],
+            "SELECT (SELECT count(*) FROM knowledge_chunk WHERE kb_id = %s), tsv_length, "
+            "tsvector_to_array(tsv) FROM knowledge_chunk WHERE kb_id = %s AND tsv IS NOT NULL LIMIT %s",
+            [kb_id, kb_id, DF_SAMPLE],
         )
-        row = cursor.fetchone()
-        total, average, sampled = int(row[0]), float(row[1] or 0.0), int(row[2])
-        if stats is None:
-            stats = (total, average)
-            _remember((scope, "", "stats"), now, stats)
-        for lexeme, hits in zip(common, row[3:], strict=True):
-            estimate = round(hits / sampled * stats[0]) if sampled else 0
-            exact[lexeme] = max(COMMON_CHUNKS + 1, min(stats[0], estimate))
+        rows = cursor.fetchall()
+        sample: Counter[str] = Counter()
+        for _total, _length, array in rows:
+            sample.update(array)
+        average = sum(row[1] or 0 for row in rows) / len(rows) if rows else 0.0
+        stats = (int(rows[0][0]) if rows else 0, average, len(rows), sample)
+        _remember((scope, "", "stats"), now, stats)
+    total, average, sampled, sample = stats
+    for lexeme, count in exact.items():
+        if count > COMMON_CHUNKS:  # over the cap: estimated from the sample, never below the cap
+            estimate = round(sample.get(lexeme, 0) / sampled * total) if sampled else 0
+            exact[lexeme] = max(COMMON_CHUNKS + 1, min(total, estimate))
     for lexeme, count in exact.items():
         found[lexeme] = count
         _remember((scope, lexeme, "df"), now, count)
-    total, average = stats
     return max(total, 1), max(average, 1.0), found
 
 
