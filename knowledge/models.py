@@ -2,7 +2,8 @@
 
 Keyword search needs a full-text index that Django has no portable field for. It lives beside the
 tables, created by migration 0001 per database: on PostgreSQL a ``tsv`` tsvector column of
-``knowledge_chunk`` with a GIN index (filled by ingestion in the KB's language); on SQLite an FTS5
+``knowledge_chunk`` with a GIN index (filled by ingestion in the KB's language) and, from
+migration 0002, ``tsv_length`` (its token count, BM25's chunk length); on SQLite an FTS5
 table ``knowledge_chunk_fts`` kept in sync with ``knowledge_chunk`` by triggers. Only
 ``knowledge.search.keyword`` reads them.
 
