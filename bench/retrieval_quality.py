@@ -3,7 +3,7 @@
 Run from the project root::
 
     .venv/bin/python bench/retrieval_quality.py [--data /work/shared/data/scifact] [--backend local]
-        [--database-url postgres://…] [--limit-docs N] [--chunk-size 256] [--threads 1] [--encoders 2]
+        [--database-url postgres://…] [--limit-docs N] [--chunk-size 256] [--threads 1] [--encoders 1]
 
 It boots Django with the production settings on a throwaway SQLite database in a temporary folder
 (or the database of ``--database-url`` / ``DATABASE_URL``; its rows are deleted at the end), makes

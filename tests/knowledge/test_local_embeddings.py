@@ -134,13 +134,15 @@ def _local_kb(org, owner):
     )
 
 
-def test_bulk_ingest_embeds_every_chunk_across_waves(org, owner, monkeypatch):
+@pytest.mark.parametrize("copies", [1, 2])
+def test_bulk_ingest_embeds_every_chunk_across_waves(org, owner, monkeypatch, settings, copies):
     from knowledge.models import Chunk, ChunkEmbedding, Document
     from knowledge.search import run_search
     from knowledge.services import ingest
     from knowledge.services.documents import document_create_from_text
 
     monkeypatch.setattr(ingest, "WAVE_CHUNKS", 3)  # many small waves
+    settings.KNOWLEDGE_LOCAL_ENCODERS = copies  # waves encoding at once
     kb = _local_kb(org, owner)
     topics = ["sea otters sleep holding hands", "sourdough rises with wild yeast", "volcanoes erupt lava"]
     documents = [
@@ -225,12 +227,22 @@ def test_the_model_pool_lends_each_copy_to_one_caller_and_loads_no_more_than_its
     assert len(loads) == 2
 
 
-def test_copies_encoding_at_once_give_the_vectors_of_one_copy(org):
-    from concurrent.futures import ThreadPoolExecutor
-
+@pytest.fixture
+def two_copies(settings):
     from knowledge import embeddings
 
+    settings.KNOWLEDGE_LOCAL_ENCODERS = 2
+    embeddings._model_pool.cache_clear()
+    yield embeddings
+    embeddings._model_pool.cache_clear()
+
+
+def test_copies_encoding_at_once_give_the_vectors_of_one_copy(org, two_copies):
+    from concurrent.futures import ThreadPoolExecutor
+
+    embeddings = two_copies
     embeddings.local_warm_up("all-minilm-l6-v2")
+    assert embeddings._model_pool("all-minilm-l6-v2").loaded == 2
     texts = [f"Note {n}: otters hold hands while sleeping in kelp forests." for n in range(12)]
     alone = embed_texts(org=org, texts=texts, backend="local", model="all-minilm-l6-v2")
     with ThreadPoolExecutor(max_workers=2) as threads:
