@@ -3,7 +3,7 @@
 Run from the project root::
 
     .venv/bin/python bench/retrieval_quality.py [--data /work/shared/data/scifact] [--backend local]
-        [--database-url postgres://…] [--limit-docs N] [--chunk-size 256] [--threads 1]
+        [--database-url postgres://…] [--limit-docs N] [--chunk-size 256] [--threads 1] [--encoders 1]
 
 It boots Django with the production settings on a throwaway SQLite database in a temporary folder
 (or the database of ``--database-url`` / ``DATABASE_URL``; its rows are deleted at the end), makes
@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _setup(database_url: str | None, threads: int | None = None) -> Path:
+def _setup(database_url: str | None, threads: int | None = None, encoders: int | None = None) -> Path:
     workdir = Path(tempfile.mkdtemp(prefix="bench-retrieval-"))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
     os.environ["VAR_DIR"] = str(workdir)
@@ -42,6 +42,8 @@ def _setup(database_url: str | None, threads: int | None = None) -> Path:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if threads is not None:  # torch threads of the local model (0: every core)
         os.environ["KNOWLEDGE_LOCAL_THREADS"] = str(threads)
+    if encoders is not None:  # copies of the local model encoding at once
+        os.environ["KNOWLEDGE_LOCAL_ENCODERS"] = str(encoders)
     if database_url:
         os.environ["DATABASE_URL"] = database_url
     else:
@@ -116,9 +118,13 @@ def main() -> int:
         help="torch threads of the local model, as KNOWLEDGE_LOCAL_THREADS (1: the other core does the "
         "database work of the pipelined bulk ingestion; 0: every core)",
     )  # fmt: skip
+    parser.add_argument(
+        "--encoders", type=int, default=None,
+        help="copies of the local model encoding at once, as KNOWLEDGE_LOCAL_ENCODERS (default: the setting)",
+    )  # fmt: skip
     args = parser.parse_args()
 
-    workdir = _setup(args.database_url, args.threads)
+    workdir = _setup(args.database_url, args.threads, args.encoders)
     from django.conf import settings
 
     from accounts.models import Organization
@@ -141,14 +147,16 @@ def main() -> int:
             chunk_size=args.chunk_size, chunk_overlap=args.chunk_overlap,
         )  # fmt: skip
         if args.backend == "local":  # load the model before the clock starts (a worker keeps it loaded)
-            from knowledge.embeddings import embed_texts
+            from knowledge.embeddings import embed_texts, local_warm_up
 
-            embed_texts(org=org, texts=["warm up"], backend="local", model=kb.embedding_model)
-        from knowledge.embeddings import local_precision
+            local_warm_up(kb.embedding_model)  # every copy that encodes at once
+            embed_texts(org=org, texts=["warm up"] * 8, backend="local", model=kb.embedding_model)
+        from knowledge.embeddings import local_encoders, local_precision
 
         print(
             f"corpus: {len(corpus)} documents, {len(queries)} test queries; backend {args.backend}; "
             f"local model threads {settings.KNOWLEDGE_LOCAL_THREADS or os.cpu_count()}, "
+            f"copies {local_encoders()}, batch {settings.KNOWLEDGE_LOCAL_BATCH}, "
             f"precision {local_precision() if args.backend == 'local' else '-'}"
         )
         started, cpu_started = time.perf_counter(), time.process_time()

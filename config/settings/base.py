@@ -504,6 +504,12 @@ KNOWLEDGE_EMBED_BATCH = env.int("KNOWLEDGE_EMBED_BATCH", default=64)
 # (about 2x faster, but vectors drift from the float model's: cosine ~0.93, so off by default).
 KNOWLEDGE_LOCAL_THREADS = env.int("KNOWLEDGE_LOCAL_THREADS", default=1)
 KNOWLEDGE_LOCAL_QUANTIZE = env.bool("KNOWLEDGE_LOCAL_QUANTIZE", default=False)
+# Local model: texts per encoder batch (texts are sorted by length first, so small batches pad
+# little) and copies of the model that encode at once (each on one core when the threads are 1;
+# bulk ingestion keeps that many waves encoding). One copy by default: on the 2-vCPU development
+# machine a second copy encoded no faster (its vCPUs share the matrix units) and cost more CPU.
+KNOWLEDGE_LOCAL_BATCH = env.int("KNOWLEDGE_LOCAL_BATCH", default=16)
+KNOWLEDGE_LOCAL_ENCODERS = env.int("KNOWLEDGE_LOCAL_ENCODERS", default=1)
 # Local model arithmetic: auto (bfloat16 where the CPU has native bf16 units, ~3x faster at cosine
 # > 0.9999 to float32; else fp32), fp32, or bf16.
 KNOWLEDGE_LOCAL_PRECISION = env.str("KNOWLEDGE_LOCAL_PRECISION", default="auto")

@@ -9,7 +9,9 @@
   float32 throughput with vectors at cosine > 0.9999 of the float32 ones, which is what ingests a
   corpus of thousands of documents in minutes on two cores; elsewhere (or when bf16 fails) it stays
   float32. ``KNOWLEDGE_LOCAL_QUANTIZE`` makes the linear layers int8 instead (faster on CPUs without
-  bf16, but cosine ~0.93 to the float model). It is an optional
+  bf16, but cosine ~0.93 to the float model). Up to ``KNOWLEDGE_LOCAL_ENCODERS`` copies of the
+  model encode at once, each on one core (bulk ingestion uses them all); texts are encoded in
+  length-sorted batches of ``KNOWLEDGE_LOCAL_BATCH``. It is an optional
   extra (``requirements-local.txt``); :func:`local_available` says whether it is installed. Nothing
   is downloaded at run time: ``HF_HUB_OFFLINE=1`` is set before the model loads.
 
@@ -21,7 +23,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import threading
+from collections.abc import Iterator
 from functools import cache, lru_cache
 from typing import Any
 
@@ -77,7 +81,6 @@ def local_available() -> bool:
     return True
 
 
-_local_lock = threading.Lock()
 PRECISIONS = ("auto", "fp32", "bf16")
 BF16_MIN_TEXTS = 8  # fewer texts per call (a search query) run in fp32
 QUERY_CACHE_SIZE = 512  # recent query vectors of the local model kept per process
@@ -125,8 +128,20 @@ def local_precision() -> str:
     return "bf16"
 
 
-@cache
-def _local_model(name: str) -> Any:
+def local_encoders() -> int:
+    """How many copies of the local model may encode at once in this process.
+
+    ``KNOWLEDGE_LOCAL_ENCODERS`` copies, each on ``KNOWLEDGE_LOCAL_THREADS`` torch threads; with
+    more than one torch thread per call the copies would share (and fight over) torch's one
+    intra-op pool, so that case keeps a single copy.
+    """
+    if settings.KNOWLEDGE_LOCAL_THREADS != 1:
+        return 1
+    return max(1, settings.KNOWLEDGE_LOCAL_ENCODERS)
+
+
+def _load_local_model(name: str) -> Any:
+    """A fresh copy of the local model (its own tokenizer: a fast tokenizer is not thread-safe)."""
     if name not in LOCAL_MODELS:
         raise EmbeddingUnavailable(
             f"Unknown local model {name!r}; available: {', '.join(LOCAL_MODELS)}.",
@@ -154,8 +169,63 @@ def _local_model(name: str) -> Any:
     return model
 
 
+class _ModelPool:
+    """Up to ``size`` copies of one local model, loaded on demand and lent to one caller at a time."""
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name = name
+        self.size = size
+        self.loaded = 0
+        self.idle: queue.LifoQueue[Any] = queue.LifoQueue()
+        self.lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def borrow(self) -> Iterator[Any]:
+        try:
+            model = self.idle.get_nowait()
+        except queue.Empty:
+            model = None
+            with self.lock:
+                if self.loaded < self.size:
+                    model = _load_local_model(self.name)
+                    self.loaded += 1
+            if model is None:  # every copy is busy: wait for one
+                model = self.idle.get()
+        try:
+            yield model
+        finally:
+            self.idle.put(model)
+
+    def warm(self) -> None:
+        """Load every copy now (a worker about to ingest, a benchmark before its clock starts)."""
+        with contextlib.ExitStack() as stack:
+            for _ in range(self.size):
+                stack.enter_context(self.borrow())
+
+
+@cache
+def _model_pool(name: str) -> _ModelPool:
+    return _ModelPool(name, local_encoders())
+
+
+def _local_model(name: str) -> Any:
+    """One loaded copy of the local model (for inspection; encoding borrows from the pool)."""
+    with _model_pool(name).borrow() as model:
+        return model
+
+
+def local_warm_up(model: str = LOCAL_DEFAULT_MODEL) -> None:
+    """Load every copy of the local model that may encode at once, so no caller waits for a load."""
+    _model_pool(model).warm()
+
+
 def _embed_local(texts: list[str], model: str) -> np.ndarray:
-    encoder = _local_model(model)
+    """Vectors of ``texts`` from one copy of the local model (others may encode meanwhile).
+
+    sentence-transformers sorts the texts by length and encodes them in batches of
+    ``KNOWLEDGE_LOCAL_BATCH``: small length-sorted batches pad little, which the attention's cost
+    (quadratic in the padded length) rewards; the vectors come back in the order of ``texts``.
+    """
     import torch
 
     # bf16 pays off on batches (documents); a lone short query is faster, and exact, in fp32
@@ -165,10 +235,10 @@ def _embed_local(texts: list[str], model: str) -> np.ndarray:
         if len(texts) >= BF16_MIN_TEXTS and local_precision() == "bf16"
         else contextlib.nullcontext()
     )
-    with _local_lock, torch.inference_mode(), autocast:  # one encode at a time: torch uses every core
+    with _model_pool(model).borrow() as encoder, torch.inference_mode(), autocast:
         vectors = encoder.encode(
             texts,
-            batch_size=settings.KNOWLEDGE_EMBED_BATCH,
+            batch_size=max(1, settings.KNOWLEDGE_LOCAL_BATCH),
             convert_to_numpy=True,
             normalize_embeddings=True,
             show_progress_bar=False,

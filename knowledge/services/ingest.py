@@ -25,6 +25,7 @@ import functools
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from core.errors import ApplicationError
 from core.services import job_fail, job_progress, job_succeed
 from knowledge import parsing
 from knowledge.chunking import chunk_sections
-from knowledge.embeddings import embed_texts
+from knowledge.embeddings import embed_texts, local_encoders
 from knowledge.models import Chunk, ChunkEmbedding, Document, IndexVersion, KnowledgeBase
 from knowledge.search.keyword import index_chunks
 
@@ -391,8 +392,9 @@ WAVE_CHUNKS = 128  # chunks per wave of a bulk ingestion (encoded while the next
 
 
 @functools.cache
-def _encoder_thread() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="knowledge-ingest-embed")
+def _encoder_threads() -> ThreadPoolExecutor:
+    """One thread per copy of the local model that may encode at once (``local_encoders``)."""
+    return ThreadPoolExecutor(max_workers=local_encoders(), thread_name_prefix="knowledge-ingest-embed")
 
 
 def _encode_local(index: IndexVersion, texts: dict[str, str]) -> dict[str, np.ndarray]:
@@ -424,7 +426,7 @@ def _start_wave(group: list[tuple[Document, list[Chunk]]]) -> _Wave:
             continue  # the provider goes through the choke point (database, network): on this thread
         known = known_vectors(index, texts)
         todo = {h: text for h, text in texts.items() if h not in known}
-        wave.pending[index.pk] = _encoder_thread().submit(_encode_local, index, todo)
+        wave.pending[index.pk] = _encoder_threads().submit(_encode_local, index, todo)
     return wave
 
 
@@ -457,24 +459,25 @@ def ingest_documents(document_ids: Iterable[uuid.UUID | str]) -> dict[str, str |
     """Ingest several documents together (bulk uploads, benchmarks); returns each one's status.
 
     Each document is claimed, parsed and chunked on its own (one bad file fails alone). Their chunks
-    are embedded in waves of about ``WAVE_CHUNKS`` of one KB: while a local model encodes one wave
-    in a thread (torch releases the GIL), this thread prepares the next documents and stores and
-    finishes the previous wave, so the database work hides behind the encoding instead of adding
-    to it. Full batches keep the model efficient too.
+    are embedded in waves of about ``WAVE_CHUNKS`` of one KB: while the local model's copies
+    (``KNOWLEDGE_LOCAL_ENCODERS``, one core each) encode waves in threads (torch releases the
+    GIL), this thread prepares the next documents and stores and finishes the oldest wave, so the
+    database work hides behind the encoding instead of adding to it. Full batches keep the model
+    efficient too.
     """
     outcomes: dict[str, str | None] = {}
     group: list[tuple[Document, list[Chunk]]] = []
-    running: _Wave | None = None
+    running: deque[_Wave] = deque()  # oldest first
+    in_flight = local_encoders()  # waves encoding at once, one per copy of the model
 
     def flush() -> None:
-        nonlocal group, running
+        nonlocal group
         if not group:
             return
-        started = _start_wave(group)  # queued behind the running wave's encoding
+        running.append(_start_wave(group))  # queued behind the running waves' encoding
         group = []
-        if running is not None:
-            _finish_wave(running, outcomes)
-        running = started
+        while len(running) > in_flight:
+            _finish_wave(running.popleft(), outcomes)
 
     for document_id in document_ids:
         document, outcome = _claim_for_work(document_id)
@@ -491,8 +494,8 @@ def ingest_documents(document_ids: Iterable[uuid.UUID | str]) -> dict[str, str |
         if sum(len(chunk_rows) for _, chunk_rows in group) >= WAVE_CHUNKS:
             flush()
     flush()
-    if running is not None:
-        _finish_wave(running, outcomes)
+    while running:
+        _finish_wave(running.popleft(), outcomes)
     return outcomes
 
 

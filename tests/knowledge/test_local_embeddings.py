@@ -134,13 +134,15 @@ def _local_kb(org, owner):
     )
 
 
-def test_bulk_ingest_embeds_every_chunk_across_waves(org, owner, monkeypatch):
+@pytest.mark.parametrize("copies", [1, 2])
+def test_bulk_ingest_embeds_every_chunk_across_waves(org, owner, monkeypatch, settings, copies):
     from knowledge.models import Chunk, ChunkEmbedding, Document
     from knowledge.search import run_search
     from knowledge.services import ingest
     from knowledge.services.documents import document_create_from_text
 
     monkeypatch.setattr(ingest, "WAVE_CHUNKS", 3)  # many small waves
+    settings.KNOWLEDGE_LOCAL_ENCODERS = copies  # waves encoding at once
     kb = _local_kb(org, owner)
     topics = ["sea otters sleep holding hands", "sourdough rises with wild yeast", "volcanoes erupt lava"]
     documents = [
@@ -178,3 +180,77 @@ def test_bulk_ingest_keeps_documents_searchable_by_keyword_when_the_encoder_fail
     assert set(outcomes.values()) == {"ready"}
     assert not ChunkEmbedding.objects.filter(index__kb=kb).exists()
     assert {Document.objects.get(pk=d.pk).error_code for d in documents} == {"ERR_EMBEDDING_FAILED"}
+
+
+# --- batches and copies: length-sorted batches keep the input order; copies encode at once ------
+
+
+def test_small_length_sorted_batches_return_vectors_in_input_order(org, settings):
+    from knowledge import embeddings
+
+    settings.KNOWLEDGE_LOCAL_BATCH = 2
+    texts = [
+        "Lava.",
+        "Sea otters hold hands while they sleep so that the current does not part them at night.",
+        "Sourdough rises.",
+        "A very long note about volcanoes: " + "magma chambers feed eruptions of basaltic lava. " * 6,
+        "Otters.",
+    ]
+    together = embed_texts(org=org, texts=texts, backend="local", model="all-minilm-l6-v2")
+    one_by_one = np.stack([embeddings._embed_local([text], "all-minilm-l6-v2")[0] for text in texts])
+    assert np.min(np.sum(together * one_by_one, axis=1)) > 0.999
+
+
+def test_the_model_pool_lends_each_copy_to_one_caller_and_loads_no_more_than_its_size(monkeypatch):
+    import threading
+
+    from knowledge import embeddings
+
+    loads = []
+    monkeypatch.setattr(embeddings, "_load_local_model", lambda name: loads.append(name) or object())
+    pool = embeddings._ModelPool("all-minilm-l6-v2", 2)
+    with pool.borrow() as first, pool.borrow() as second:
+        assert first is not second and len(loads) == 2
+        got = []
+
+        def third_caller() -> None:
+            with pool.borrow() as model:
+                got.append(model)
+
+        waiting = threading.Thread(target=third_caller)
+        waiting.start()
+        waiting.join(timeout=0.2)
+        assert waiting.is_alive() and not got  # both copies are lent: the third caller waits
+    waiting.join(timeout=5)
+    assert got and got[0] in (first, second) and len(loads) == 2
+    pool.warm()
+    assert len(loads) == 2
+
+
+@pytest.fixture
+def two_copies(settings):
+    from knowledge import embeddings
+
+    settings.KNOWLEDGE_LOCAL_ENCODERS = 2
+    embeddings._model_pool.cache_clear()
+    yield embeddings
+    embeddings._model_pool.cache_clear()
+
+
+def test_copies_encoding_at_once_give_the_vectors_of_one_copy(org, two_copies):
+    from concurrent.futures import ThreadPoolExecutor
+
+    embeddings = two_copies
+    embeddings.local_warm_up("all-minilm-l6-v2")
+    assert embeddings._model_pool("all-minilm-l6-v2").loaded == 2
+    texts = [f"Note {n}: otters hold hands while sleeping in kelp forests." for n in range(12)]
+    alone = embed_texts(org=org, texts=texts, backend="local", model="all-minilm-l6-v2")
+    with ThreadPoolExecutor(max_workers=2) as threads:
+        runs = list(
+            threads.map(
+                lambda _: embed_texts(org=org, texts=texts, backend="local", model="all-minilm-l6-v2"),
+                range(4),
+            )
+        )
+    for vectors in runs:
+        assert np.min(np.sum(alone * vectors, axis=1)) > 0.9999
