@@ -43,6 +43,8 @@ DEBUG = env.bool("DEBUG", default=False)
 HOST = env.str("HOST", default="127.0.0.1")
 PORT = env.int("PORT", default=8000)
 WEB_BACKLOG = env.int("WEB_BACKLOG", default=2048)
+# How long a thread of the web process may hold the GIL before another is let in (core.serve).
+WEB_SWITCH_INTERVAL_MS = env.float("WEB_SWITCH_INTERVAL_MS", default=1.0)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 if HOST not in ("0.0.0.0", "::") and HOST not in ALLOWED_HOSTS:  # noqa: S104 - compared, not bound
     ALLOWED_HOSTS.append(HOST)

@@ -1,6 +1,12 @@
 """The web process's listen endpoint (``core.serve``)."""
 
-from core.serve import endpoint
+import os
+import subprocess
+import sys
+
+import pytest
+
+from core.serve import endpoint, switch_interval_seconds
 
 
 def test_the_endpoint_carries_the_backlog_and_escapes_an_ipv6_host():
@@ -14,3 +20,34 @@ def test_twisted_parses_it_into_a_listener_with_that_backlog():
 
     parsed = endpoints.serverFromString(reactor, endpoint("::1", 8123, 777))
     assert (parsed._port, parsed._interface, parsed._backlog) == (8123, "::1", 777)
+
+
+def test_the_switch_interval_is_given_in_milliseconds_and_must_be_positive():
+    assert switch_interval_seconds(1) == 0.001
+    assert switch_interval_seconds(2.5) == 0.0025
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="WEB_SWITCH_INTERVAL_MS"):
+            switch_interval_seconds(bad)
+
+
+def test_the_web_process_sets_its_switch_interval_before_serving():
+    """main() applies the setting (Daphne is replaced by a stub that reports the interval)."""
+    code = (
+        "import sys, daphne.cli\n"
+        "class Stub:\n"
+        "    def run(self, args):\n"
+        "        print(sys.getswitchinterval(), args[-1])\n"
+        "daphne.cli.CommandLineInterface = Stub\n"
+        "import django; django.setup()\n"
+        "from core.serve import main; main([])\n"
+    )
+    env = {
+        **__import__("os").environ,
+        "WEB_SWITCH_INTERVAL_MS": "2",
+        "DJANGO_SETTINGS_MODULE": "config.settings.base",
+    }
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    interval, app = out.stdout.split()
+    assert float(interval) == pytest.approx(0.002)
+    assert app == "config.asgi:application"
