@@ -42,7 +42,7 @@ def test_the_web_process_sets_its_switch_interval_before_serving():
         "from core.serve import main; main([])\n"
     )
     env = {
-        **__import__("os").environ,
+        **os.environ,
         "WEB_SWITCH_INTERVAL_MS": "2",
         "DJANGO_SETTINGS_MODULE": "config.settings.base",
     }
