@@ -22,7 +22,7 @@ PUBLIC_FIELDS = {"id", "key", "name", "description", "org", "model", "tools", "p
 @pytest.fixture
 def catalogue(org, owner, other_org, outsider):
     """Published agents in two orgs, next to unpublished ones that must not show."""
-    provider = make_provider(org, api_key="sk-market-secret-7777")
+    provider = make_provider(org, api_key="sk-market-secret-QXZV")
     return {
         "ours": make_agent(
             org,
@@ -59,7 +59,7 @@ def test_only_public_fields_are_shown(anon_client, catalogue):
 
     assert set(item) == PUBLIC_FIELDS
     text = anon_client.get(MARKET).content.decode()
-    for hidden in ("INTERNAL INSTRUCTIONS", "sk-market", "7777", str(catalogue["ours"].provider_id)):
+    for hidden in ("INTERNAL INSTRUCTIONS", "sk-market", "secret-QXZV", str(catalogue["ours"].provider_id)):
         assert hidden not in text
     assert str(catalogue["ours"].owner_id) not in text
     assert "2b1f7a52" not in text
