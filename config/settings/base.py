@@ -606,5 +606,8 @@ LOGGING = {
         "django.request": {"level": "ERROR", "propagate": True},
         "django.server": {"level": "WARNING", "propagate": True},
         "daphne": {"level": "WARNING", "propagate": True},
+        # httpx logs every request it sends at INFO: a line per LLM call, stream and webhook, which
+        # the usage events already record; its warnings and errors still show.
+        "httpx": {"level": "WARNING", "propagate": True},
     },
 }
