@@ -208,12 +208,6 @@ def _model_pool(name: str) -> _ModelPool:
     return _ModelPool(name, local_encoders())
 
 
-def _local_model(name: str) -> Any:
-    """One loaded copy of the local model (for inspection; encoding borrows from the pool)."""
-    with _model_pool(name).borrow() as model:
-        return model
-
-
 def local_warm_up(model: str = LOCAL_DEFAULT_MODEL) -> None:
     """Load every copy of the local model that may encode at once, so no caller waits for a load."""
     _model_pool(model).warm()

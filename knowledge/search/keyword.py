@@ -256,7 +256,7 @@ def _pg_search(
         cursor.execute(
             sql.replace("{skip}", " AND NOT c.tsv @@ %s::tsquery"),
             [
-                kb_id, tsquery_of(lexemes[i] for i in range(len(lexemes)) if lexemes[i] not in narrow),
+                kb_id, tsquery_of(lexeme for lexeme in lexemes if lexeme not in narrow),
                 tsquery_of(narrow), *doc_params, RANKED_CANDIDATES, *scoring,
             ],
         )  # fmt: skip
