@@ -4,13 +4,17 @@ Run from the project root::
 
     .venv/bin/python bench/retrieval_quality.py [--data /work/shared/data/scifact] [--backend local]
         [--database-url postgres://…] [--limit-docs N] [--chunk-size 256] [--threads 1] [--encoders 1]
+        [--bulk 256]
 
 It boots Django with the production settings on a throwaway SQLite database in a temporary folder
 (or the database of ``--database-url`` / ``DATABASE_URL``; its rows are deleted at the end), makes
 an org and a knowledge base with the chosen embedding backend (``local``: the offline MiniLM
-model), and ingests the corpus through the real pipeline: ``document_create_text`` per abstract
-(title + text), then ``ingest_documents`` in batches (claim, parse, token chunking, full-text
-index, vectors), timed from the first create to the last ready document.
+model), and ingests the corpus through the real pipeline, timed from the first upload to the last
+ready document: a thread creates the documents as uploads do (``document_create_text`` per abstract,
+title + text, each with its ingestion job), while the main thread runs each job as a worker would
+(``core.tasks.run_job``): the worker that takes a document takes the other pending documents of the
+KB with it (``KNOWLEDGE_INGEST_BULK_DOCS``, ``--bulk``) and ingests them in waves (claim, parse,
+token chunking, full-text index, vectors), the later jobs finding their documents done.
 
 Then it runs the 300 test queries through ``knowledge.search.run_search`` in keyword, vector and
 hybrid modes (chunks are mapped to their document: a document ranks where its best chunk ranks)
@@ -24,9 +28,11 @@ import argparse
 import json
 import math
 import os
+import queue
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -112,7 +118,10 @@ def main() -> int:
     )
     parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--chunk-overlap", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=256, help="documents per ingest_documents call")
+    parser.add_argument(
+        "--bulk", type=int, default=None,
+        help="KNOWLEDGE_INGEST_BULK_DOCS: pending documents of the KB one job's worker takes together",
+    )  # fmt: skip
     parser.add_argument(
         "--threads", type=int, default=1,
         help="torch threads of the local model, as KNOWLEDGE_LOCAL_THREADS (1: the other core does the "
@@ -124,17 +133,21 @@ def main() -> int:
     )  # fmt: skip
     args = parser.parse_args()
 
+    if args.bulk is not None:
+        os.environ["KNOWLEDGE_INGEST_BULK_DOCS"] = str(args.bulk)
     workdir = _setup(args.database_url, args.threads, args.encoders)
     from django.conf import settings
+    from django.db import connection
+    from django.db.models import Count
 
     from accounts.models import Organization
+    from core.tasks import run_job
     from knowledge import search as search_module
     from knowledge.embeddings import local_available
-    from knowledge.models import Chunk
+    from knowledge.models import Chunk, Document
     from knowledge.search import rrf, run_search
     from knowledge.services.bases import kb_create
     from knowledge.services.documents import document_create_text
-    from knowledge.services.ingest import ingest_documents
 
     if args.backend == "local" and not local_available():
         print("The local embedding backend is not installed (pip install -r requirements-local.txt).")
@@ -160,21 +173,36 @@ def main() -> int:
             f"precision {local_precision() if args.backend == 'local' else '-'}"
         )
         started, cpu_started = time.perf_counter(), time.process_time()
-        statuses: dict[str | None, int] = {}
-        pending: list = []
-        for number, doc in enumerate(corpus, start=1):
-            created = document_create_text(
-                kb=kb, actor=None, title=doc.get("title") or doc["_id"],
-                text=f"{doc.get('title') or ''}\n\n{doc.get('text') or ''}".strip(),  # BEIR: title + text
-                metadata={"beir_id": doc["_id"]},
-            )  # fmt: skip
-            pending.append(created.document.pk)
-            if len(pending) >= args.batch or number == len(corpus):
-                for status in ingest_documents(pending).values():
-                    statuses[status] = statuses.get(status, 0) + 1
-                pending = []
-                rate = number / (time.perf_counter() - started)
-                print(f"  ingested {number}/{len(corpus)} ({rate:.1f} docs/s)", flush=True)
+        jobs: queue.Queue = queue.Queue()
+
+        def upload() -> None:  # what the web process does for each POST …/documents
+            try:
+                for doc in corpus:
+                    created = document_create_text(
+                        kb=kb, actor=None, title=doc.get("title") or doc["_id"],
+                        # BEIR: title + text
+                        text=f"{doc.get('title') or ''}\n\n{doc.get('text') or ''}".strip(),
+                        metadata={"beir_id": doc["_id"]},
+                    )  # fmt: skip
+                    jobs.put(created.document.job_id)
+            finally:
+                jobs.put(None)
+                connection.close()
+
+        uploader = threading.Thread(target=upload, name="uploads")
+        uploader.start()
+        ran = 0
+        while (job_id := jobs.get()) is not None:  # what a worker does with each job's message
+            run_job(str(job_id))
+            ran += 1
+            if ran % 256 == 0:
+                done = Document.objects.filter(kb=kb, status=Document.Status.READY).count()
+                rate = done / (time.perf_counter() - started)
+                print(f"  ingested {done}/{len(corpus)} ({rate:.1f} docs/s)", flush=True)
+        uploader.join()
+        statuses = dict(
+            Document.objects.filter(kb=kb).values("status").annotate(n=Count("pk")).values_list("status", "n")
+        )
         ingest_seconds = time.perf_counter() - started
         ingest_cpu = time.process_time() - cpu_started  # every thread of this process: load-independent
         analyze_tables()

@@ -2,7 +2,8 @@
 
 Jobs (``core.models.Job``, followed by clients through ``/api/v1/jobs/{id}[/stream]``):
 
-- ``knowledge.ingest``: one document's ingestion (``knowledge.services.ingest.ingest_document``);
+- ``knowledge.ingest``: a document's ingestion (``knowledge.services.ingest.ingest_document``), with
+  the other pending documents of its KB when there are any;
 - ``knowledge.index_build``: build a new vector index version and switch to it (reindex, model change);
 - ``knowledge.backfill``: embed everything of an org that its serving indexes lack (admin).
 
@@ -18,7 +19,6 @@ from celery import shared_task
 from core.models import Job
 from core.registries import register_job
 from core.services import JobReporter
-from knowledge.models import Document
 from knowledge.services import ingest
 
 logger = logging.getLogger(__name__)
@@ -26,13 +26,11 @@ logger = logging.getLogger(__name__)
 
 @register_job("knowledge.ingest")
 def ingest_job(job: Job, reporter: JobReporter) -> dict:
-    """Run the document's ingestion; it reports progress and finishes the job itself."""
+    """Run the document's ingestion (with other pending documents of its KB: a bulk upload); it
+    reports progress and finishes the job itself. A document another worker holds is waited for."""
     document_id = job.payload.get("document_id")
-    status = ingest.ingest_document(document_id)
-    if status is None:  # not ours: a redelivery of a finished document, or another worker has it
-        current = Document.objects.filter(pk=document_id).values_list("status", flat=True).first()
-        return {"document_id": document_id, "status": current or "deleted"}
-    return {"document_id": document_id, "status": status}
+    status = ingest.ingest_or_wait(document_id)
+    return {"document_id": document_id, "status": status or "deleted"}
 
 
 @register_job("knowledge.index_build")

@@ -28,6 +28,11 @@ step "pytest (${PYTEST_WORKERS:=2} workers)"
 # Each xdist worker has its own test database and Celery queue (config/settings/test.py).
 $BIN/python -m pytest -n "$PYTEST_WORKERS" "$@"
 
+step "knowledge suite on SQLite (the embedded default's full-text search is FTS5, not PostgreSQL's)"
+# The same tests again on SQLite, which the embedded default runs on: parsing, the ingestion state
+# machine, ranking and tenant isolation must hold on both databases.
+env -u DATABASE_URL $BIN/python -m pytest -n "$PYTEST_WORKERS" -p no:cacheprovider tests/knowledge
+
 step "embedded default smoke (SQLite, in-memory layer, filesystem broker)"
 unset DJANGO_SETTINGS_MODULE
 $BIN/python scripts/smoke_embedded.py

@@ -499,6 +499,10 @@ MEDIA_URL = "/media/"
 # A worker holds a document this long; a document whose lease ran out is picked up again.
 KNOWLEDGE_LEASE_SECONDS = env.int("KNOWLEDGE_LEASE_SECONDS", default=600)
 KNOWLEDGE_MAX_ATTEMPTS = env.int("KNOWLEDGE_MAX_ATTEMPTS", default=3)
+# A worker that takes a document also takes up to this many pending documents of the same KB in
+# all (a bulk upload), and ingests them in waves whose embedding overlaps the next documents'
+# parsing; 1 ingests every document on its own.
+KNOWLEDGE_INGEST_BULK_DOCS = env.int("KNOWLEDGE_INGEST_BULK_DOCS", default=256)
 # Inputs per embedding call (provider) or encoder batch (local model).
 KNOWLEDGE_EMBED_BATCH = env.int("KNOWLEDGE_EMBED_BATCH", default=64)
 # Local model: torch threads per process (0 = every core; 1 by default, since web and worker share

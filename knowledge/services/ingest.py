@@ -26,7 +26,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -370,14 +370,59 @@ def _claim_for_work(document_id: uuid.UUID | str) -> tuple[Document | None, str 
     return document, None
 
 
-def ingest_document(document_id: uuid.UUID | str) -> str | None:
-    """Ingest one document now (in this process); returns its final status, None when not ours.
+def _pending_ids(kb_id: Any, limit: int) -> list[Any]:
+    return list(
+        Document.objects.filter(kb_id=kb_id, status=Document.Status.PENDING)
+        .order_by("created_at")
+        .values_list("pk", flat=True)[:limit]
+    )
 
-    Safe to call any number of times: only a caller that claims the document works on it.
+
+def _claim_next_pending(kb_id: Any) -> Document | None:
+    """The oldest pending document of the KB, claimed for this worker; None when none is left.
+
+    Other workers claim from the same queue: a document one of them won is skipped.
+    """
+    while candidates := _pending_ids(kb_id, 8):
+        for candidate in candidates:
+            document, _ = _claim_for_work(candidate)
+            if document is not None:
+                return document
+    return None
+
+
+def _with_pending(first: Document) -> Iterator[Document]:
+    """``first``, then pending documents of its KB claimed one by one as the bulk needs them.
+
+    At most ``KNOWLEDGE_INGEST_BULK_DOCS`` in all, and none claimed once a quarter of the task's
+    soft time limit has gone: the documents already taken must finish well within it.
+    """
+    yield first
+    deadline = time.monotonic() + settings.CELERY_TASK_SOFT_TIME_LIMIT / 4
+    for _ in range(settings.KNOWLEDGE_INGEST_BULK_DOCS - 1):
+        if time.monotonic() > deadline:
+            return
+        document = _claim_next_pending(first.kb_id)
+        if document is None:
+            return
+        yield document
+
+
+def ingest_document(document_id: uuid.UUID | str) -> str | None:
+    """Ingest the document now (in this process); returns its final status, None when not ours.
+
+    Safe to call any number of times: only a caller that claims the document works on it. When
+    other documents of its KB are pending too (a bulk upload), this worker takes them as well, up
+    to ``KNOWLEDGE_INGEST_BULK_DOCS``, and ingests them together (:func:`ingest_documents`); their
+    own jobs are finished with them, and find nothing left to do when a worker runs them.
     """
     document, outcome = _claim_for_work(document_id)
     if document is None:
         return outcome
+    if settings.KNOWLEDGE_INGEST_BULK_DOCS > 1 and _pending_ids(document.kb_id, 1):
+        outcomes: dict[str, str | None] = {}
+        _ingest_claimed(_with_pending(document), outcomes)
+        return outcomes.get(str(document.pk))
     ok, rows = _guarded(document, lambda: _prepare(document))
     if not ok:
         return rows
@@ -466,6 +511,38 @@ def ingest_documents(document_ids: Iterable[uuid.UUID | str]) -> dict[str, str |
     efficient too.
     """
     outcomes: dict[str, str | None] = {}
+
+    def claimed() -> Iterator[Document]:
+        for document_id in document_ids:
+            document, outcome = _claim_for_work(document_id)
+            if document is None:
+                outcomes[str(document_id)] = outcome
+            else:
+                yield document
+
+    _ingest_claimed(claimed(), outcomes)
+    return outcomes
+
+
+def ingest_or_wait(document_id: uuid.UUID | str, *, poll_seconds: float = 0.5) -> str | None:
+    """The document's final status: ingested here, or by the worker that holds it (None: deleted).
+
+    A document's job may run while another worker has the document in a bulk ingestion; the job
+    then waits for that worker instead of calling the document done. Should that worker die, its
+    lease runs out and this caller takes the document over.
+    """
+    while True:
+        status = ingest_document(document_id)
+        if status is not None:
+            return status
+        current = Document.objects.filter(pk=document_id).values_list("status", flat=True).first()
+        if current != Document.Status.PROCESSING:
+            return current
+        time.sleep(poll_seconds)
+
+
+def _ingest_claimed(documents: Iterable[Document], outcomes: dict[str, str | None]) -> None:
+    """The bulk loop of :func:`ingest_documents` over documents this worker has claimed."""
     group: list[tuple[Document, list[Chunk]]] = []
     running: deque[_Wave] = deque()  # oldest first
     in_flight = local_encoders()  # waves encoding at once, one per copy of the model
@@ -479,11 +556,7 @@ def ingest_documents(document_ids: Iterable[uuid.UUID | str]) -> dict[str, str |
         while len(running) > in_flight:
             _finish_wave(running.popleft(), outcomes)
 
-    for document_id in document_ids:
-        document, outcome = _claim_for_work(document_id)
-        if document is None:
-            outcomes[str(document_id)] = outcome
-            continue
+    for document in documents:
         ok, rows = _guarded(document, lambda document=document: _prepare(document, report=False))
         if not ok:
             outcomes[str(document.pk)] = rows
@@ -496,7 +569,6 @@ def ingest_documents(document_ids: Iterable[uuid.UUID | str]) -> dict[str, str |
     flush()
     while running:
         _finish_wave(running.popleft(), outcomes)
-    return outcomes
 
 
 def _embed_document(

@@ -199,3 +199,110 @@ def test_a_batch_of_documents_is_embedded_together_and_a_bad_one_fails_alone(vec
     assert ChunkEmbedding.objects.filter(index=vector_kb.active_index).count() == 3
     assert all(Document.objects.get(pk=d.pk).embedded for d in good)
     assert all(Job.objects.get(pk=d.job_id).status == "succeeded" for d in good)
+
+
+# --- bulk uploads: a worker takes the other pending documents of the KB --------------------------
+
+
+def _texts(kb, owner, count: int, prefix: str = "Doc") -> list[Document]:
+    return [
+        document_create_from_text(kb=kb, actor=owner, title=f"{prefix} {i}", text=f"{prefix} {i}: {TEXT}")
+        for i in range(count)
+    ]
+
+
+def _job(document: Document) -> Job:
+    return Job.objects.get(pk=document.job_id)
+
+
+def test_one_job_ingests_the_pending_documents_of_its_kb_and_finishes_their_jobs(kb, owner, org):
+    from core.tasks import run_job
+    from knowledge.services.bases import kb_create
+
+    first, *others = _texts(kb, owner, 3)
+    elsewhere = _texts(kb_create(org=org, actor=owner, name="Other"), owner, 1, prefix="Other")[0]
+
+    run_job(str(first.job_id))  # one worker, one message
+
+    for document in [first, *others]:
+        document.refresh_from_db()
+        assert (document.status, document.attempts) == ("ready", 1)
+        assert Chunk.objects.filter(document=document).count() == document.chunk_count >= 1
+        job = _job(document)
+        assert (job.status, job.percent, job.result["status"]) == ("succeeded", 100, "ready")
+    assert Document.objects.get(pk=elsewhere.pk).status == "pending"  # another KB: its own worker
+
+    # The other documents' messages arrive later and find their jobs finished.
+    assert run_pending_jobs() == 1
+    assert Document.objects.get(pk=elsewhere.pk).status == "ready"
+    assert {d.attempts for d in Document.objects.all()} == {1}
+
+
+def test_a_bulk_stops_at_its_limit_and_can_be_turned_off(kb, owner, settings):
+    from core.tasks import run_job
+
+    documents = _texts(kb, owner, 4)
+    settings.KNOWLEDGE_INGEST_BULK_DOCS = 2
+    run_job(str(documents[0].job_id))
+    states = lambda: [Document.objects.get(pk=d.pk).status for d in documents]  # noqa: E731
+    assert states() == ["ready", "ready", "pending", "pending"]
+
+    settings.KNOWLEDGE_INGEST_BULK_DOCS = 1
+    run_job(str(documents[2].job_id))
+    assert states() == ["ready", "ready", "ready", "pending"]
+
+
+def test_a_bad_document_in_a_bulk_fails_alone_with_its_job(kb, owner):
+    good = _texts(kb, owner, 2)
+    bad = document_create_from_upload(kb=kb, actor=owner, data=b"%PDF-1.4 junk", filename="x.pdf").document
+
+    assert ingest.ingest_document(good[0].pk) == "ready"
+
+    assert [Document.objects.get(pk=d.pk).status for d in good] == ["ready", "ready"]
+    bad.refresh_from_db()
+    assert bad.status == "failed" and bad.error_code
+    assert (_job(bad).status, _job(bad).error["code"]) == ("failed", bad.error_code)
+
+
+def test_a_job_whose_document_another_worker_holds_waits_for_that_worker(kb, owner, monkeypatch):
+    from core.tasks import run_job
+
+    document = _texts(kb, owner, 1)[0]
+    other = ingest.claim(document.pk)  # another worker's bulk has it
+    waits = []
+
+    def other_worker_finishes(seconds):
+        waits.append(seconds)
+        rows = ingest._prepare(other, report=False)
+        ingest._finish(other, rows, None)
+
+    monkeypatch.setattr(ingest.time, "sleep", other_worker_finishes)
+    run_job(str(document.job_id))
+
+    assert len(waits) == 1
+    job = _job(document)
+    assert (job.status, job.result["status"]) == ("succeeded", "ready")  # not "processing"
+    assert Document.objects.get(pk=document.pk).attempts == 1  # ingested once, by the other worker
+
+
+def test_a_waiting_job_takes_the_document_over_when_the_holders_lease_runs_out(kb, owner, monkeypatch):
+    document = _texts(kb, owner, 1)[0]
+    assert ingest.claim(document.pk) is not None  # that worker dies
+
+    def lease_runs_out(seconds):
+        Document.objects.filter(pk=document.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+
+    monkeypatch.setattr(ingest.time, "sleep", lease_runs_out)
+    assert ingest.ingest_or_wait(document.pk) == "ready"
+    document.refresh_from_db()
+    assert (document.status, document.attempts) == ("ready", 2)
+
+
+def test_a_deleted_documents_job_says_deleted(kb, owner):
+    from core.tasks import run_job
+
+    document = _texts(kb, owner, 1)[0]
+    Document.objects.filter(pk=document.pk).delete()
+    run_job(str(document.job_id))
+    job = _job(document)
+    assert (job.status, job.result["status"]) == ("succeeded", "deleted")
