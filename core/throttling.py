@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import cache, caches
+from django.core.cache.backends.redis import RedisCache
 from rest_framework.throttling import BaseThrottle
 
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -23,6 +24,28 @@ def parse_rate(rate: str) -> tuple[int, int]:
         return int(count), _PERIODS[period.strip()[:1].lower()]
     except (KeyError, ValueError) as exc:
         raise ValueError(f"bad rate {rate!r}: expected e.g. '600/minute'") from exc
+
+
+def window_count(key: str, timeout: int) -> int:
+    """Count one more request in the counter ``key`` (created with ``timeout``); the new count.
+
+    With Redis it is one round trip: ``SET NX EX`` (creates the counter with its expiry only if it
+    is missing) and ``INCR`` in one pipeline. Django's ``cache.incr`` would be two (``EXISTS`` then
+    ``INCRBY``), on the path of every API request. Other caches go through ``incr``/``add``.
+    """
+    backend = caches["default"]  # the object itself: ``cache`` is a proxy to it
+    if isinstance(backend, RedisCache):
+        full_key = backend.make_and_validate_key(key)
+        pipe = backend._cache.get_client(full_key, write=True).pipeline(transaction=False)
+        pipe.set(full_key, 0, ex=timeout, nx=True)
+        pipe.incr(full_key)
+        return int(pipe.execute()[1])
+    try:
+        return cache.incr(key)
+    except ValueError:
+        if cache.add(key, 1, timeout=timeout):
+            return 1
+        return cache.incr(key)  # another request created it meanwhile
 
 
 def caller_identity(request, ident: str) -> tuple[str, str]:
@@ -47,16 +70,7 @@ class CallerRateThrottle(BaseThrottle):
         limit, period = parse_rate(rates.get(scope) or settings.RATE_LIMITS[scope])
         now = time.time()
         window = int(now // period)
-        cache_key = f"rl:{scope}:{ident}:{period}:{window}"
-        # incr() is atomic in Redis; only the first request of a window creates the counter
-        # (with its expiry), so a busy caller costs one counter update per request.
-        try:
-            count = cache.incr(cache_key)
-        except ValueError:
-            if cache.add(cache_key, 1, timeout=period + 1):
-                count = 1
-            else:  # another request created it meanwhile
-                count = cache.incr(cache_key)
+        count = window_count(f"rl:{scope}:{ident}:{period}:{window}", period + 1)
         self._wait = (window + 1) * period - now
         return count <= limit
 

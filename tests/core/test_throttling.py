@@ -182,3 +182,40 @@ def test_api_key_outranks_the_user_and_the_ip():
     assert caller_identity(SimpleNamespace(auth=None, user=user), "10.0.0.1") == ("user", "7")
     anonymous = SimpleNamespace(auth=None, user=SimpleNamespace(pk=None, is_authenticated=False))
     assert caller_identity(anonymous, "10.0.0.1") == ("anon", "10.0.0.1")
+
+
+def test_the_window_counter_is_one_round_trip_on_redis_and_expires(settings):
+    from django.core.cache import caches
+    from django.core.cache.backends.redis import RedisCache
+
+    backend = caches["default"]
+    if not isinstance(backend, RedisCache):
+        pytest.skip("needs the Redis cache")
+    key = f"rl:test:{random.getrandbits(64)}"
+    client = backend._cache.get_client(backend.make_and_validate_key(key), write=True)
+    sent = []
+    original = client.connection_pool.get_connection
+
+    def counting(*args, **kwargs):
+        sent.append(args)
+        return original(*args, **kwargs)
+
+    client.connection_pool.get_connection = counting
+    try:
+        assert [throttling.window_count(key, 7) for _ in range(3)] == [1, 2, 3]
+    finally:
+        del client.connection_pool.get_connection
+    assert len(sent) == 3  # one connection checkout, one pipeline, per request
+    assert 0 < client.ttl(backend.make_and_validate_key(key)) <= 7  # created with its expiry, kept
+    assert backend.get(key) == 3  # readable through Django's cache API
+
+
+def test_the_window_counter_works_on_other_caches(settings):
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    from django.core.cache import caches
+
+    key = f"rl:test:{random.getrandbits(64)}"
+    try:
+        assert [throttling.window_count(key, 7) for _ in range(3)] == [1, 2, 3]
+    finally:
+        caches["default"].clear()
