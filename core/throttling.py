@@ -1,8 +1,9 @@
 """Rate limits per API key, else per signed-in user, else per client IP, kept in the cache.
 
-A fixed window counted with the cache's atomic ``incr`` (Redis in production, so every web process
-shares one count). Over the limit: 429 ``ERR_RATE_LIMITED`` with ``Retry-After`` = seconds left in
-the window. Limits come from ``RATE_LIMIT_KEY``, ``RATE_LIMIT_USER`` and ``RATE_LIMIT_ANON``.
+A fixed window counted in the cache (:func:`window_count`: one Redis round trip in production, so
+every web process shares one count). Over the limit: 429 ``ERR_RATE_LIMITED`` with ``Retry-After``
+= seconds left in the window. Limits come from ``RATE_LIMIT_KEY``, ``RATE_LIMIT_USER`` and
+``RATE_LIMIT_ANON``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import time
 
 from django.conf import settings
-from django.core.cache import cache, caches
+from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache
 from rest_framework.throttling import BaseThrottle
 
@@ -41,11 +42,11 @@ def window_count(key: str, timeout: int) -> int:
         pipe.incr(full_key)
         return int(pipe.execute()[1])
     try:
-        return cache.incr(key)
+        return backend.incr(key)
     except ValueError:
-        if cache.add(key, 1, timeout=timeout):
+        if backend.add(key, 1, timeout=timeout):
             return 1
-        return cache.incr(key)  # another request created it meanwhile
+        return backend.incr(key)  # another request created it meanwhile
 
 
 def caller_identity(request, ident: str) -> tuple[str, str]:
