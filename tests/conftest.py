@@ -24,6 +24,25 @@ def _available_services() -> set[str]:
     return {s for s in raw.split(",") if s}
 
 
+def clear_cache() -> None:
+    """Empty this test process's cache, and only its own.
+
+    On Redis ``cache.clear()`` is ``FLUSHDB``: it would also wipe the keys of the other xdist
+    workers that share the database, and fail their tests at random. Each worker has its own key
+    prefix (``config.settings.test``), so deleting by prefix empties exactly this worker's cache.
+    """
+    from django.core.cache import cache
+
+    backend = getattr(cache, "_cache", None)
+    if backend is None or not hasattr(backend, "get_client"):  # LocMem: per process already
+        cache.clear()
+        return
+    client = backend.get_client(write=True)
+    keys = list(client.scan_iter(match=cache.make_key("*"), count=1000))
+    if keys:
+        client.delete(*keys)
+
+
 def pytest_collection_modifyitems(config, items):
     available = _available_services()
     for item in items:

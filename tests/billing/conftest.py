@@ -7,12 +7,11 @@ import json
 import uuid
 
 import pytest
-from django.core.cache import cache
 
 from accounts.models import Role
 from agents.llm import clear_resolution_cache
 from agents.models import Provider
-from tests.conftest import client_for
+from tests.conftest import clear_cache, client_for
 from tests.factories import MembershipFactory
 
 
@@ -21,10 +20,10 @@ def _fresh_state(settings):
     settings.OPENAI_API_KEY = ""
     settings.OPENAI_BASE_URL = ""
     settings.LLM_RETRY_BASE_SECONDS = 0.001
-    cache.clear()
+    clear_cache()
     clear_resolution_cache()
     yield
-    cache.clear()
+    clear_cache()
     clear_resolution_cache()
 
 

@@ -13,6 +13,7 @@ from accounts.models import Role
 from accounts.services.keys import api_key_create
 from agents.models import Agent, AgentRun
 from tests.chat.conftest import make_agent, make_provider
+from tests.conftest import clear_cache
 from tests.factories import MembershipFactory
 
 pytestmark = pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume asynchronous iterators")
@@ -435,9 +436,7 @@ def test_an_outsider_sees_none_of_the_orgs_models(other_org, outsider, agent):
 
 
 def test_rate_limited_calls_are_429_in_openai_shape_with_retry_after(member_key, agent, settings):
-    from django.core.cache import cache
-
-    cache.clear()
+    clear_cache()
     settings.RATE_LIMITS = {**settings.RATE_LIMITS, "key": "1/minute"}
     assert member_key.get(MODELS).status_code == 200
     response = member_key.get(MODELS)
