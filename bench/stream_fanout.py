@@ -21,7 +21,8 @@ messages stored). The fake streams ``--words`` words, one per delta, ``slow`` mo
 
 Per side and level it prints the time to the first text delta (TTFT) p50/p95, what it adds to the
 direct path's, tokens/s over the batch, errors, and the web process's RSS growth per open stream
-(peak RSS while the streams are open minus RSS before, over N). Targets, as ratios to the relay of
+(peak RSS while the streams are open minus RSS before, over N) and its CPU time per stream (user +
+system over the batches, divided by their streams: what one stream costs the server). Targets, as ratios to the relay of
 the same run: the added TTFT p50 of /v1 raw, /v1 agent and /api/v1/chat <= 1.5x the relay's added
 TTFT p50 at N = 1 and 20, <= 2x at 200; zero errors at 500. ``--check`` exits 1 when one is missed.
 """
@@ -80,6 +81,8 @@ class Batch:
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
     rss_per_stream: list[float] = field(default_factory=list)
+    cpu_seconds: float = 0.0  # the web process's CPU time over the batches
+    streams: int = 0
 
 
 @dataclass
@@ -90,6 +93,13 @@ class Side:
     body: dict
     kind: str = "openai"  # "openai" (chat.completion.chunk lines) or "platform" (/api/v1/chat events)
     levels: dict[int, Batch] = field(default_factory=dict)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_bytes(pid: int) -> int:
@@ -160,11 +170,14 @@ async def run_level(side: Side, n: int, words: int, pid: int) -> None:
                 await asyncio.sleep(0.02)
 
         sampler = asyncio.create_task(sample())
+        cpu_before = cpu_seconds(pid)
         started = time.perf_counter()
         results = await asyncio.gather(
             *(one_stream(client, side, words) for _ in range(n)), return_exceptions=True
         )
         elapsed = time.perf_counter() - started
+        batch.cpu_seconds += cpu_seconds(pid) - cpu_before
+        batch.streams += n
         done.set()
         await sampler
     for result in results:
@@ -203,7 +216,7 @@ def report(sides: list[Side], levels: list[int]) -> list[str]:
     print()
     print(
         f"{'N':>4} {'side':<13} {'TTFT p50':>9} {'p95':>8} {'added p50':>10} {'added p95':>10} "
-        f"{'x relay':>8} {'tokens/s':>9} {'errors':>7} {'RSS/stream':>11}"
+        f"{'x relay':>8} {'tokens/s':>9} {'errors':>7} {'RSS/stream':>11} {'CPU/stream':>11}"
     )
     for n in levels:
         base50 = percentile(direct.levels[n].ttft, 50)
@@ -216,9 +229,10 @@ def report(sides: list[Side], levels: list[int]) -> list[str]:
             ratio = added50 / relay_added if side not in (direct, relay) and relay_added > 0 else float("nan")
             rss = statistics.mean(batch.rss_per_stream) / 1024 if batch.rss_per_stream else float("nan")
             tps = batch.tokens / batch.seconds if batch.seconds else 0.0
+            cpu = batch.cpu_seconds / batch.streams * 1000 if batch.streams else float("nan")
             print(
                 f"{n:>4} {side.name:<13} {p50:>7.1f}ms {p95:>6.1f}ms {added50:>8.1f}ms {added95:>8.1f}ms "
-                f"{ratio:>8.2f} {tps:>9.0f} {batch.errors:>7} {rss:>8.0f} KiB"
+                f"{ratio:>8.2f} {tps:>9.0f} {batch.errors:>7} {rss:>8.0f} KiB {cpu:>8.1f} ms"
             )
             for sample in batch.error_samples:
                 print(f"       {side.name} error: {sample}")

@@ -1,5 +1,6 @@
-"""The SDK client of a provider (``agents.llm.client``): streamed chunks read as plain JSON fields,
-everything else parsed as the SDK does, and a connection pool sized like the SDK's own."""
+"""The SDK client of a provider (``agents.llm.client``): a streamed chat completion sent as the choke
+point built it and read as plain JSON fields, failing with the SDK's own exceptions; everything else
+parsed as the SDK does, and a connection pool sized like the SDK's own."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import copy
 import pickle
 
+import openai
 import pytest
 from openai.types.chat import ChatCompletion
 
@@ -24,7 +26,7 @@ def client(fake_upstream, allow_loopback):
 def _collect(client, **params):
     async def go():
         try:
-            stream = await client.chat.completions.create(**params, stream=True)
+            stream = await client.stream_chat_completion(params)
             return [chunk async for chunk in stream]
         finally:
             await client.close()
@@ -32,13 +34,19 @@ def _collect(client, **params):
     return asyncio.run(go())
 
 
-def test_streamed_chunks_are_json_fields_read_like_the_sdk_models(client):
-    chunks = _collect(
-        client,
-        model="fake",
-        messages=[{"role": "user", "content": "two words"}],
-        stream_options={"include_usage": True},
+def _provider_client(fake_upstream, *, api_key="sk-test", api_base=None):
+    return make_client(
+        ResolvedProvider(
+            source="org",
+            provider_type="openai_compat",
+            api_base=api_base or fake_upstream.base_url,
+            api_key=api_key,
+        )
     )
+
+
+def test_streamed_chunks_are_json_fields_read_like_the_sdk_models(client):
+    chunks = _collect(client, model="fake", messages=[{"role": "user", "content": "two words"}])
     assert all(isinstance(chunk, Fields) for chunk in chunks)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "echo: two words"
@@ -102,3 +110,80 @@ def test_stream_chat_completion_sends_the_body_as_built_and_reports_usage(client
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: as built"
     assert chunks[-1].usage.completion_tokens > 0
     assert fake_upstream.stats["requests_by_key"]["Bearer sk-test"] >= 1
+
+
+def test_a_refused_key_is_the_sdks_authentication_error_with_the_upstream_message(
+    fake_upstream, allow_loopback
+):
+    client = _provider_client(fake_upstream, api_key="fail-401-stream")
+    with pytest.raises(openai.AuthenticationError) as caught:
+        _collect(client, model="fake", messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.status_code == 401
+    assert caught.value.body["message"] == "Incorrect API key provided."
+
+
+def test_a_busy_upstream_is_a_status_error_carrying_retry_after(fake_upstream, allow_loopback):
+    client = _provider_client(fake_upstream)
+    with pytest.raises(openai.RateLimitError) as caught:
+        _collect(client, model="fail-429", messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.response.headers["Retry-After"] == "1"
+
+
+def test_an_error_event_inside_the_stream_raises_api_error_after_the_deltas_before_it(
+    fake_upstream, allow_loopback
+):
+    client = _provider_client(fake_upstream)
+    seen = []
+
+    async def go():
+        try:
+            stream = await client.stream_chat_completion(
+                {"model": "error-midway", "messages": [{"role": "user", "content": "a b c d"}]}
+            )
+            async for chunk in stream:
+                seen.append(chunk.choices[0].delta.content)
+        finally:
+            await client.close()
+
+    with pytest.raises(openai.APIError) as caught:
+        asyncio.run(go())
+    assert not isinstance(caught.value, openai.APIStatusError)
+    assert caught.value.message == "The server had an error mid-stream."
+    assert seen == ["echo:", " a"]
+
+
+def test_an_unreachable_upstream_is_the_sdks_connection_error(allow_loopback):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = _provider_client(None, api_base=f"http://127.0.0.1:{port}/v1")
+    with pytest.raises(openai.APIConnectionError):
+        _collect(client, model="fake", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_closing_the_stream_stops_the_upstream(fake_upstream, allow_loopback):
+    client = _provider_client(fake_upstream, api_key="sk-close-early")
+
+    async def go():
+        try:
+            stream = await client.stream_chat_completion(
+                {"model": "slow", "messages": [{"role": "user", "content": " ".join(["w"] * 40)}]}
+            )
+            async for _chunk in stream:
+                break
+            await stream.close()
+        finally:
+            await client.close()
+
+    asyncio.run(go())
+    assert asyncio.run(_wait_for_abort(fake_upstream, "Bearer sk-close-early")), "the stream never went away"
+
+
+async def _wait_for_abort(fake_upstream, key: str) -> bool:
+    for _ in range(100):
+        if fake_upstream.stats["aborted_by_key"].get(key):
+            return True
+        await asyncio.sleep(0.05)
+    return False

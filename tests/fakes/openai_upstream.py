@@ -18,6 +18,7 @@ failover chain can fail while the others answer the same model):
 - ``hang-midway``: streams two deltas, then hangs.
 - ``drop-midway``: streams two deltas with chunked encoding, then closes the socket without ending
   the body (the client sees an incomplete chunked read).
+- ``error-midway``: streams two deltas, then an event ``data: {"error": {...}}`` and ends.
 - ``slow``: streams with ``X-Fake-Delay`` (default 0.05 s) between deltas.
 - ``tools-<N>`` (or ``tools-<N>-p<M>`` for M parallel calls per step): while fewer than N*M tool
   results are in the conversation, asks for the first tool of the request's ``tools`` with
@@ -485,6 +486,10 @@ class H(BaseHTTPRequestHandler):
         words = text.split(" ") if text else []
         for i, w in enumerate(words):
             event(chunk({"role": "assistant", "content": w} if i == 0 else {"content": " " + w}))
+            if i == 1 and mode == "error-midway":  # as OpenAI reports a failure mid-stream
+                event({"error": {"message": "The server had an error mid-stream.", "type": "server_error"}})
+                self.close_connection = True
+                return
             if i == 1 and mode in ("drop-midway", "hang-midway"):
                 if mode == "hang-midway":
                     self._wait(float(self.headers.get("X-Fake-Hang", "30")))
