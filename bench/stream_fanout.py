@@ -21,10 +21,11 @@ messages stored). The fake streams ``--words`` words, one per delta, ``slow`` mo
 
 Per side and level it prints the time to the first text delta (TTFT) p50/p95, what it adds to the
 direct path's, tokens/s over the batch, errors, and the web process's RSS growth per open stream
-(peak RSS while the streams are open minus RSS before, over N) and its CPU time per stream (user +
-system over the batches, divided by their streams: what one stream costs the server). Targets, as ratios to the relay of
-the same run: the added TTFT p50 of /v1 raw, /v1 agent and /api/v1/chat <= 1.5x the relay's added
-TTFT p50 at N = 1 and 20, <= 2x at 200; zero errors at 500. ``--check`` exits 1 when one is missed.
+(peak RSS while the streams are open minus RSS before, over N) and its CPU time per stream (user
++ system over the batches, divided by their streams: what one stream costs the server). Targets,
+as ratios to the relay of the same run: the added TTFT p50 of /v1 raw, /v1 agent and /api/v1/chat
+<= 1.5x the relay's added TTFT p50 at N = 1 and 20, <= 2x at 200; zero errors at 500.
+``--check`` exits 1 when one is missed.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def changed_fields(before: dict | None, after: dict | None) -> dict[str, list]:
     }
 
 
-def audit_record(
+def audit_entry(
     *,
     org: Organization | None,
     actor: User | None,
@@ -44,14 +44,15 @@ def audit_record(
     before: dict | None = None,
     after: dict | None = None,
 ) -> AuditLog:
-    """Write one audit row: who (user and key), what (action, entity, diff), from where."""
+    """The audit row :func:`audit_record` writes, unsaved, with the request details of the calling
+    context: for writers that save it later, elsewhere, or together with others (``bulk_create``)."""
     ctx = context.current()
     if entity is not None:
         entity_type = entity_type or entity._meta.model_name
         entity_id = entity_id or entity.pk
     before, after = _jsonable(before), _jsonable(after)
     actor = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
-    return AuditLog.objects.create(
+    return AuditLog(
         org=org,
         org_name=org.name if org is not None else "",
         actor=actor,
@@ -67,6 +68,26 @@ def audit_record(
         user_agent=ctx.user_agent,
         request_id=ctx.request_id if ctx.request_id != "-" else "",
     )
+
+
+def audit_record(
+    *,
+    org: Organization | None,
+    actor: User | None,
+    action: str,
+    entity: Model | None = None,
+    entity_type: str = "",
+    entity_id: Any = "",
+    before: dict | None = None,
+    after: dict | None = None,
+) -> AuditLog:
+    """Write one audit row: who (user and key), what (action, entity, diff), from where."""
+    entry = audit_entry(
+        org=org, actor=actor, action=action, entity=entity, entity_type=entity_type,
+        entity_id=entity_id, before=before, after=after,
+    )  # fmt: skip
+    entry.save(force_insert=True)
+    return entry
 
 
 def security_event_record(

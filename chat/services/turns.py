@@ -5,9 +5,10 @@ turn's first event (``message.start``, seq 1) and starts the agent run **detache
 request**: an asyncio task on the server's own loop (or, where there is no long-lived loop, a
 Celery task or a test, on a background loop of the process), not tied to any response. For a turn
 that opens a conversation the run starts first and the rows are written while its model call is on
-its way; the response and the log follow their commit. Every event of the
-run gets the next per-message ``seq`` and is published at once on the turn's channel-layer group.
-One log writer per loop (``_Hub``) appends the events of all its running turns to the
+its way (under a server, together with those of the turns opening at the same moment: one
+transaction for a burst, ``core.batch_writer``); the response and the log follow their commit.
+Every event of the run gets the next per-message ``seq`` and is published at once on the turn's
+channel-layer group. One log writer per loop (``_Hub``) appends the events of all its running turns to the
 ``MessageEvent`` log in one transaction every ``FLUSH_SECONDS``, with the messages' text, parts and
 citations every ``PROGRESS_SECONDS``; a turn's outcome (status, tokens, run) is written in the same
 transaction as its last events, so that "not streaming" always means "the log is complete".
@@ -64,6 +65,7 @@ from chat.selectors.messages import turn_log_read, turn_message_get
 from chat.services.conversations import MAX_CONTENT_CHARS, clean_title
 from core import context as request_context
 from core import realtime
+from core.batch_writer import BatchWriter
 from core.commits import commit_without_flush_wait
 from core.db_threads import server_loop_of_this_thread
 from core.errors import ApplicationError, ConflictError, NotFoundError, ValidationError
@@ -78,6 +80,7 @@ FINAL_WRITE_TIMEOUT = 30.0
 CANCEL_POLL_SECONDS = 0.25
 GAP_RETRY_SECONDS = 0.05
 TITLE_FROM_MESSAGE_CHARS = 60
+OPENINGS_BATCH = 100
 
 # Database work of detached turns and followers: any pool thread (they outlive the request, so
 # they must not use its thread-sensitive executor).
@@ -187,18 +190,26 @@ def _audit_opened(*, org, user, conversation, agent: Agent) -> None:
     )
 
 
-@transaction.atomic
-def turn_open(
+@dataclass
+class OpeningRows:
+    """The rows of a turn that opens a conversation, built (not saved) under the ids its
+    ``TurnStarted`` chose, with the audit row's request details taken where they were built."""
+
+    conversation: Conversation
+    audit: Any
+    messages: tuple[Message, Message]
+    start: MessageEvent
+
+
+def turn_opening_rows(
     *, org, user, agent: Agent, message: str, channel: str, started: TurnStarted, on_disconnect: str
-):
-    """The writes of a turn that opens a conversation, under the ids ``started`` chose: the
-    conversation, the user message, the streaming assistant message and ``message.start``, in four
-    statements (the run is already under way: see ``astart_turn``). Its commit does not wait for
-    the disk (``CHAT_ASYNC_COMMIT``), being on the path to the turn's first event."""
-    if settings.CHAT_ASYNC_COMMIT:
-        commit_without_flush_wait()
+) -> OpeningRows:
+    """The conversation, its audit row, the user message, the streaming assistant message and
+    ``message.start`` of a turn that opens a conversation (see :func:`turn_open`)."""
+    from accounts.services.audit import audit_entry
+
     now = timezone.now()
-    conversation = Conversation.objects.create(
+    conversation = Conversation(
         pk=started.conversation_id,
         org=org,
         user=user,
@@ -208,7 +219,9 @@ def turn_open(
         message_count=2,
         last_message_at=now,
     )
-    _audit_opened(org=org, user=user, conversation=conversation, agent=agent)
+    audit = audit_entry(
+        org=org, actor=user, action="conversation.created", entity=conversation, after={"agent": agent.pk}
+    )
     user_message = Message(
         pk=started.user_message_id,
         org=org,
@@ -227,8 +240,41 @@ def turn_open(
         on_disconnect=on_disconnect,
         pk=started.message_id,
     )
-    Message.objects.bulk_create([user_message, assistant])
-    MessageEvent.objects.create(message=assistant, seq=1, event="message.start", data=_start_event(started))
+    start = MessageEvent(message=assistant, seq=1, event="message.start", data=_start_event(started))
+    return OpeningRows(
+        conversation=conversation, audit=audit, messages=(user_message, assistant), start=start
+    )
+
+
+@transaction.atomic
+def turn_openings_write(openings: list[OpeningRows]) -> None:
+    """Write the rows of any number of opening turns in one transaction, one statement per table.
+    Its commit does not wait for the disk (``CHAT_ASYNC_COMMIT``), being on the path to the turns'
+    first events."""
+    from accounts.models import AuditLog
+
+    if settings.CHAT_ASYNC_COMMIT:
+        commit_without_flush_wait()
+    Conversation.objects.bulk_create([o.conversation for o in openings])
+    AuditLog.objects.bulk_create([o.audit for o in openings])
+    Message.objects.bulk_create([m for o in openings for m in o.messages])
+    MessageEvent.objects.bulk_create([o.start for o in openings])
+
+
+def turn_open(
+    *, org, user, agent: Agent, message: str, channel: str, started: TurnStarted, on_disconnect: str
+):
+    """The writes of a turn that opens a conversation, under the ids ``started`` chose: the
+    conversation, its audit row, the user message, the streaming assistant message and
+    ``message.start``, in one transaction (the run is already under way: see ``astart_turn``)."""
+    turn_openings_write(
+        [
+            turn_opening_rows(
+                org=org, user=user, agent=agent, message=message, channel=channel,
+                started=started, on_disconnect=on_disconnect,
+            )
+        ]
+    )  # fmt: skip
 
 
 @transaction.atomic
@@ -350,6 +396,21 @@ def _opening_turn(
     return turn, opening
 
 
+def _write_opening_rows(rows: OpeningRows) -> None:
+    turn_openings_write([rows])
+
+
+# Under a server, the openings of concurrent turns are written together (``core.batch_writer``):
+# at 20 turns starting at once, one transaction of four statements instead of twenty of five.
+_openings: BatchWriter[OpeningRows] = BatchWriter(
+    "chat-openings", turn_openings_write, _write_opening_rows, max_batch=OPENINGS_BATCH
+)
+
+
+def _opening_rows(writes: dict[str, Any]) -> OpeningRows:
+    return turn_opening_rows(**writes)
+
+
 def _opened(turn: _Turn, error: BaseException | None) -> None:
     """After ``turn_open``: let the hub write the turn's log, or call its run off."""
     _call_on_loop(turn, turn.abandon if error is not None else turn.mark_stored)
@@ -379,8 +440,12 @@ async def astart_turn(
         turn, writes = opening
         _spawn(turn, stored=False)
         try:
-            # On the caller's thread (the request's, or the consumer's): its connection, its transaction.
-            await sync_to_async(turn_open)(**writes)
+            from agents.llm import on_short_lived_loop
+
+            if on_short_lived_loop():  # a sync caller (a test): its thread, connection and transaction
+                await sync_to_async(turn_open)(**writes)
+            else:  # a server's loop (the WebSocket consumer): together with concurrent openings
+                await asyncio.wrap_future(_openings.submit(_opening_rows(writes)))
         except BaseException as exc:
             _opened(turn, exc)
             raise
@@ -411,7 +476,10 @@ def start_turn(
         turn, writes = opening
         _spawn(turn, stored=False)
         try:
-            turn_open(**writes)
+            if server_loop_of_this_thread() is not None:  # a view thread under an ASGI server
+                _openings.write(_opening_rows(writes))
+            else:  # a test, a Celery task: this thread's connection (and transaction)
+                turn_open(**writes)
         except BaseException as exc:
             _opened(turn, exc)
             raise

@@ -108,6 +108,45 @@ def test_a_turn_streams_start_deltas_usage_and_end_and_stores_the_answer(
     assert after_end.status_code == 200 and parse_sse(after_end.text) == []
 
 
+def test_turns_opening_at_once_each_store_their_conversation_messages_and_audit_row(
+    tmp_path, org, member, fake_upstream
+):
+    """Under a server the openings of concurrent turns are written together (one transaction per
+    batch): every turn still gets its own conversation, both messages, ``message.start`` and its
+    audit row, with its request's details."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from accounts.models import AuditLog
+    from chat.models import Conversation
+
+    agent = make_agent(org, make_provider(org, fake_upstream))
+    raw = api_key_for(org, member)
+    with run_asgi_server(log_dir=tmp_path, extra_env=ENV) as server:
+
+        def one(i: int):
+            with post_event_stream(
+                f"{server.base_url}/api/v1/chat",
+                body={"agent": agent.key, "message": f"turn {i}"},
+                headers={**_bearer(raw), "X-Request-ID": f"opening-{i}"},
+            ) as stream:
+                return read_until_end(stream)
+
+        with ThreadPoolExecutor(12) as pool:
+            runs = list(pool.map(one, range(12)))
+        log = server.log()
+
+    for i, events in enumerate(runs):
+        assert [e.event for e in events][-1] == "message.end", (events, log)
+        assert text_of(events) == f"echo: turn {i}"
+        message = _message(events)
+        conversation = Conversation.objects.get(pk=events[0].data["conversation_id"])
+        assert conversation.message_count == 2 and conversation.title == f"turn {i}"
+        assert [m.content for m in conversation.messages.order_by("index")] == [f"turn {i}", text_of(events)]
+        assert MessageEvent.objects.filter(message=message, seq=1, event="message.start").exists()
+        audit = AuditLog.objects.get(action="conversation.created", entity_id=str(conversation.pk))
+        assert (audit.org_id, audit.actor_id, audit.request_id) == (org.pk, member.pk, f"opening-{i}")
+
+
 def test_a_tool_turn_emits_tool_call_and_tool_result_and_continues_the_conversation(
     tmp_path, org, member, fake_upstream
 ):

@@ -332,14 +332,14 @@ def test_a_new_conversation_whose_rows_cannot_be_written_calls_its_run_off(
     agent.org = org
     key = f"Bearer {provider.api_key}"
 
-    def broken_audit(**kwargs):
+    def broken_write(openings):
         # The run is already streaming from the upstream when the rows are written.
         deadline = time.monotonic() + 5
         while fake_upstream.stats["requests_by_key"][key] == 0 and time.monotonic() < deadline:
             time.sleep(0.005)
         raise RuntimeError("the audit table is gone")
 
-    monkeypatch.setattr(turns, "_audit_opened", broken_audit)
+    monkeypatch.setattr(turns, "turn_openings_write", broken_write)
     start = async_to_sync(turns.astart_turn) if entry == "astart_turn" else turns.start_turn
     with pytest.raises(RuntimeError, match="the audit table is gone"):
         start(org=org, user=member, agent=agent, message="hi", channel="api")
