@@ -20,6 +20,8 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 
+from core.throttling import get_many_and_count
+
 GENERATION_KEY = "auth:keys:generation"
 
 
@@ -29,13 +31,22 @@ def _entry_key(public_id: str) -> str:
 
 def cached_lookup(public_id: str) -> tuple[Any, int | None]:
     """(cached key row or None, current generation) in one cache round trip."""
+    key, generation, _count = cached_lookup_counting(public_id, None)
+    return key, generation
+
+
+def cached_lookup_counting(
+    public_id: str, counter: tuple[str, int] | None
+) -> tuple[Any, int | None, int | None]:
+    """:func:`cached_lookup` plus the rate-limit count of ``counter`` (see
+    ``core.throttling.get_many_and_count``), still in one cache round trip."""
     entry_key = _entry_key(public_id)
-    found = cache.get_many([GENERATION_KEY, entry_key])
+    found, count = get_many_and_count([GENERATION_KEY, entry_key], counter)
     generation = found.get(GENERATION_KEY)
     entry = found.get(entry_key)
     if generation is not None and entry is not None and entry[0] == generation:
-        return entry[1], generation
-    return None, generation
+        return entry[1], generation, count
+    return None, generation, count
 
 
 def store(public_id: str, key: Any, generation: int | None) -> None:

@@ -18,9 +18,9 @@ from rest_framework import authentication, exceptions
 
 from accounts import keys
 from accounts.models import ApiKey, Role, SecurityEvent
-from accounts.selectors import api_key_for_auth, membership_for_request
+from accounts.selectors import api_key_for_auth_counting, membership_for_request
 from accounts.services.audit import security_event_record
-from core import context
+from core import context, throttling
 
 # last_used_at is written at most this often per key, so a busy key costs no extra write.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -67,12 +67,16 @@ def _reject(kind: str, message: str, *, key: ApiKey | None = None, identifier: s
     raise KeyAuthenticationFailed(message, code=code)
 
 
-def authenticate_key(raw: str) -> ApiKey:
-    """Check a presented key; return its row (with ``member_role``) or raise a 401 error."""
+def authenticate_key(raw: str, *, request=None) -> ApiKey:
+    """Check a presented key; return its row (with ``member_role``) or raise a 401 error. With the
+    DRF ``request``, its rate-limit count is taken in the same cache round trip as the lookup."""
     parsed = keys.parse_key(raw)
     if parsed is None:
         _reject(SecurityEvent.Kind.KEY_INVALID, "Invalid API key.", identifier=raw[:16])
-    key = api_key_for_auth(public_id=parsed.public_id)
+    counter = throttling.key_counter(request, parsed.public_id) if request is not None else None
+    key, count = api_key_for_auth_counting(public_id=parsed.public_id, counter=counter)
+    if counter is not None and count is not None:
+        throttling.remember_count(request, counter, count)
     if key is None or key.kind != parsed.kind:
         _reject(SecurityEvent.Kind.KEY_INVALID, "Invalid API key.", identifier=parsed.public_id)
     now = timezone.now()
@@ -135,9 +139,9 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         scheme, _, raw = header.partition(" ")
         agent_token = request.headers.get("X-Agent-Token")
         if scheme.lower() == "bearer" and raw.strip():
-            key = authenticate_key(raw.strip())
+            key = authenticate_key(raw.strip(), request=request)
         elif agent_token:
-            key = authenticate_key(agent_token.strip())
+            key = authenticate_key(agent_token.strip(), request=request)
             if key.kind != ApiKey.Kind.AGENT:
                 raise KeyAuthenticationFailed("X-Agent-Token takes an agent key.")
         else:

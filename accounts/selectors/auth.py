@@ -41,10 +41,18 @@ def api_key_for_auth(*, public_id: str) -> ApiKey | None:
     A cache hit (see ``accounts.auth_cache``), else one indexed query. ``member_role`` is None when
     the key's user is no longer a member of the key's org.
     """
-    cached, generation = auth_cache.cached_lookup(public_id)
+    return api_key_for_auth_counting(public_id=public_id, counter=None)[0]
+
+
+def api_key_for_auth_counting(
+    *, public_id: str, counter: tuple[str, int] | None
+) -> tuple[ApiKey | None, int | None]:
+    """:func:`api_key_for_auth`, and the request's rate-limit count of ``counter`` taken in the
+    same cache round trip (``core.throttling.key_counter``); None without a counter."""
+    cached, generation, count = auth_cache.cached_lookup_counting(public_id, counter)
     if cached is not None:
-        return cached
+        return cached, count
     key = _api_key_from_db(public_id)
     if key is not None:
         auth_cache.store(public_id, key, generation)
-    return key
+    return key, count

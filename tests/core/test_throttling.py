@@ -140,6 +140,56 @@ def test_view_may_tighten_its_own_limit(small_limits, owner_client, monkeypatch)
     assert APIClient().get(OPEN, REMOTE_ADDR=ip).status_code == 429
 
 
+@pytest.fixture
+def key_client(org, owner):
+    from rest_framework.test import APIClient
+
+    from accounts.services.keys import api_key_create
+
+    _key, raw = api_key_create(org=org, actor=owner, name="throttled")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    return client
+
+
+def _redis_only():
+    from django.core.cache import caches
+    from django.core.cache.backends.redis import RedisCache
+
+    if not isinstance(caches["default"], RedisCache):
+        pytest.skip("needs the Redis cache")
+
+
+def test_an_api_key_is_counted_in_the_round_trip_of_its_lookup(small_limits, key_client, monkeypatch):
+    _redis_only()
+
+    def no_second_trip(*args, **kwargs):
+        raise AssertionError("the throttle made a round trip of its own")
+
+    monkeypatch.setattr(throttling, "window_count", no_second_trip)
+    for _ in range(3):
+        assert key_client.get(JOBS).status_code == 200
+    assert_throttled(key_client.get(JOBS))
+
+
+def test_an_api_key_is_limited_on_other_caches_too(small_limits, key_client, settings):
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    from django.core.cache import caches
+
+    try:
+        for _ in range(3):
+            assert key_client.get(JOBS).status_code == 200
+        assert_throttled(key_client.get(JOBS))
+    finally:
+        caches["default"].clear()
+
+
+def test_a_view_limit_with_its_own_period_applies_to_api_keys(small_limits, key_client, monkeypatch):
+    monkeypatch.setattr(OpenView, "throttle_scope_rates", {"key": "2/hour"}, raising=False)
+    assert [key_client.get(OPEN).status_code for _ in range(3)] == [200, 200, 429]
+    assert key_client.get(JOBS).status_code == 200  # the platform limit counts apart
+
+
 def test_disabled_rate_limit_lets_everything_through(small_limits, settings, owner_client):
     settings.RATE_LIMIT_ENABLED = False
     for _ in range(10):
