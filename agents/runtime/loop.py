@@ -41,7 +41,7 @@ from uuid import UUID
 from asgiref.sync import async_to_sync
 
 from agents.models import Agent, AgentRun
-from agents.services.runs import run_build, run_finish, run_save
+from agents.services.runs import arun_save, run_build, run_finish
 from agents.tools.registry import (
     Tool,
     ToolContext,
@@ -223,7 +223,7 @@ async def arun_agent(
     )
     # The row is written while the first model call is on its way: nothing before the call needs
     # it, and everything after (tools, the run's end) waits for it (``saved``).
-    saving = asyncio.ensure_future(run_db(run_save, run))
+    saving = asyncio.ensure_future(arun_save(run))
 
     async def saved() -> None:
         await asyncio.shield(saving)

@@ -8,15 +8,17 @@ loop many times a conversation, are recorded on their run rows only.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from uuid import UUID
 
 from django.db import transaction
 from django.utils import timezone
 
-from accounts.models import Organization, User
-from accounts.services.audit import audit_record
+from accounts.models import AuditLog, Organization, User
+from accounts.services.audit import audit_entry
 from agents.models import Agent, AgentRun, Provider
+from core.batch_writer import BatchWriter
 
 MAX_INPUT_CHARS = 100_000
 
@@ -47,18 +49,54 @@ def run_build(
     return run
 
 
-@transaction.atomic
-def run_save(run: AgentRun) -> AgentRun:
-    """Insert a run that ``run_build`` made; an explicit wake is audited with it."""
-    run.save(force_insert=True)
+def run_rows(run: AgentRun) -> tuple[AgentRun, AuditLog | None]:
+    """A run that ``run_build`` made and, for an explicit wake, its ``agent.woken`` audit row (with
+    the request details of the calling context), both unsaved: for :func:`runs_write`."""
+    audit = None
     if run.trigger == "wake":
-        audit_record(
+        audit = audit_entry(
             org=run.org,
             actor=run.user,
             action="agent.woken",
             entity=run.agent,
             after={"run": run.pk, "conversation_id": run.conversation_id},
         )
+    return run, audit
+
+
+@transaction.atomic
+def runs_write(items: list[tuple[AgentRun, AuditLog | None]]) -> None:
+    """Insert any number of new runs (and their audit rows) in one transaction, a statement each."""
+    AgentRun.objects.bulk_create([run for run, _ in items])
+    audits = [audit for _, audit in items if audit is not None]
+    if audits:
+        AuditLog.objects.bulk_create(audits)
+
+
+def run_save(run: AgentRun) -> AgentRun:
+    """Insert a run that ``run_build`` made; an explicit wake is audited with it."""
+    runs_write([run_rows(run)])
+    return run
+
+
+def _write_one(item: tuple[AgentRun, AuditLog | None]) -> None:
+    runs_write([item])
+
+
+# Under a server, the runs that start at the same moment (a burst of streams) are inserted
+# together by one thread (``core.batch_writer``) instead of a transaction each on the db threads.
+_run_saves: BatchWriter[tuple[AgentRun, AuditLog | None]] = BatchWriter(
+    "agent-run-saves", runs_write, _write_one
+)
+
+
+async def arun_save(run: AgentRun) -> AgentRun:
+    """:func:`run_save` from the event loop: batched on a server's loop, else on a db thread."""
+    from core.db_threads import on_server_loop, run_db
+
+    if not on_server_loop():
+        return await run_db(run_save, run)
+    await asyncio.wrap_future(_run_saves.submit(run_rows(run)))
     return run
 
 

@@ -269,6 +269,7 @@ def test_the_model_call_does_not_wait_for_the_run_row(fake_upstream, allow_loopb
     import time
 
     from agents.runtime import loop
+    from agents.services import runs
     from tests.factories import OrganizationFactory
 
     org = OrganizationFactory()
@@ -276,28 +277,29 @@ def test_the_model_call_does_not_wait_for_the_run_row(fake_upstream, allow_loopb
         org=org, name="fake", provider_type="openai_compat", api_base=fake_upstream.base_url, api_key="sk-x"
     )
     agent = make_agent(org, provider, "fake-model-1")
-    real_save = loop.run_save
+    real_write = runs.runs_write
     seen: dict = {}
 
-    def save_after_the_call(run):
+    def write_after_the_call(items):
         before = seen.setdefault("requests", fake_upstream.stats["requests"])
         deadline = time.monotonic() + 5
         while fake_upstream.stats["requests"] == before and time.monotonic() < deadline:
             time.sleep(0.005)
         seen["call_was_out"] = fake_upstream.stats["requests"] > before
-        return real_save(run)
+        return real_write(items)
 
-    monkeypatch.setattr(loop, "run_save", save_after_the_call)
+    # Under a server the row goes through the run writer (``runs._run_saves``): one item, one write.
+    monkeypatch.setattr(runs, "runs_write", write_after_the_call)
     seen["requests"] = fake_upstream.stats["requests"]
     run = asyncio.run(loop.arun_agent(agent=agent, message="hi", trigger="openai"))  # a server's loop
     assert seen["call_was_out"] is True
     run = AgentRun.objects.get(pk=run.pk)
     assert (run.status, run.output) == (AgentRun.Status.SUCCEEDED, "echo: hi")
 
-    def broken_save(run):
+    def broken_write(items):
         raise RuntimeError("the database is gone")
 
-    monkeypatch.setattr(loop, "run_save", broken_save)
+    monkeypatch.setattr(runs, "runs_write", broken_write)
     with pytest.raises(RuntimeError, match="the database is gone"):
         asyncio.run(loop.arun_agent(agent=agent, message="again", trigger="openai"))
     assert AgentRun.objects.filter(agent=agent).count() == 1
