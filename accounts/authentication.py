@@ -75,7 +75,7 @@ def authenticate_key(raw: str, *, request=None) -> ApiKey:
         _reject(SecurityEvent.Kind.KEY_INVALID, "Invalid API key.", identifier=raw[:16])
     counter = throttling.key_counter(request, parsed.public_id) if request is not None else None
     key, count = api_key_for_auth_counting(public_id=parsed.public_id, counter=counter)
-    if counter is not None and count is not None:
+    if count is not None:  # there was a counter to count
         throttling.remember_count(request, counter, count)
     if key is None or key.kind != parsed.kind:
         _reject(SecurityEvent.Kind.KEY_INVALID, "Invalid API key.", identifier=parsed.public_id)

@@ -19,6 +19,7 @@ from accounts.models import AuditLog, Organization, User
 from accounts.services.audit import audit_entry
 from agents.models import Agent, AgentRun, Provider
 from core.batch_writer import BatchWriter
+from core.db_threads import on_server_loop, run_db
 
 MAX_INPUT_CHARS = 100_000
 
@@ -92,8 +93,6 @@ _run_saves: BatchWriter[tuple[AgentRun, AuditLog | None]] = BatchWriter(
 
 async def arun_save(run: AgentRun) -> AgentRun:
     """:func:`run_save` from the event loop: batched on a server's loop, else on a db thread."""
-    from core.db_threads import on_server_loop, run_db
-
     if not on_server_loop():
         return await run_db(run_save, run)
     await asyncio.wrap_future(_run_saves.submit(run_rows(run)))

@@ -67,7 +67,7 @@ from core import context as request_context
 from core import realtime
 from core.batch_writer import BatchWriter
 from core.commits import commit_without_flush_wait
-from core.db_threads import server_loop_of_this_thread
+from core.db_threads import on_short_lived_loop, server_loop_of_this_thread
 from core.errors import ApplicationError, ConflictError, NotFoundError, ValidationError
 
 logger = logging.getLogger(__name__)
@@ -182,10 +182,11 @@ def _start_event(started: TurnStarted) -> dict[str, str]:
     return {"conversation_id": str(started.conversation_id), "message_id": str(started.message_id)}
 
 
-def _audit_opened(*, org, user, conversation, agent: Agent) -> None:
-    from accounts.services.audit import audit_record
+def _opened_audit(*, org, user, conversation, agent: Agent):
+    """The ``conversation.created`` audit row of a turn that opens a conversation, unsaved."""
+    from accounts.services.audit import audit_entry
 
-    audit_record(
+    return audit_entry(
         org=org, actor=user, action="conversation.created", entity=conversation, after={"agent": agent.pk}
     )
 
@@ -206,8 +207,6 @@ def turn_opening_rows(
 ) -> OpeningRows:
     """The conversation, its audit row, the user message, the streaming assistant message and
     ``message.start`` of a turn that opens a conversation (see :func:`turn_open`)."""
-    from accounts.services.audit import audit_entry
-
     now = timezone.now()
     conversation = Conversation(
         pk=started.conversation_id,
@@ -219,9 +218,7 @@ def turn_opening_rows(
         message_count=2,
         last_message_at=now,
     )
-    audit = audit_entry(
-        org=org, actor=user, action="conversation.created", entity=conversation, after={"agent": agent.pk}
-    )
+    audit = _opened_audit(org=org, user=user, conversation=conversation, agent=agent)
     user_message = Message(
         pk=started.user_message_id,
         org=org,
@@ -303,7 +300,7 @@ def turn_prepare(
             title=clean_title(message[:TITLE_FROM_MESSAGE_CHARS]),
             channel=channel,
         )
-        _audit_opened(org=org, user=user, conversation=conversation, agent=agent)
+        _opened_audit(org=org, user=user, conversation=conversation, agent=agent).save(force_insert=True)
         created = True
     last = (
         Message.objects.filter(conversation=conversation)
@@ -440,8 +437,6 @@ async def astart_turn(
         turn, writes = opening
         _spawn(turn, stored=False)
         try:
-            from agents.llm import on_short_lived_loop
-
             if on_short_lived_loop():  # a sync caller (a test): its thread, connection and transaction
                 await sync_to_async(turn_open)(**writes)
             else:  # a server's loop (the WebSocket consumer): together with concurrent openings
@@ -539,8 +534,6 @@ def _call_on_loop(turn: _Turn, fn) -> None:
 def _spawn(turn: _Turn, *, stored: bool = True) -> None:
     """Run ``turn`` on the server's loop, or where there is none (a test, a Celery task) on the
     process's background loop; ``stored=False`` when its messages are still being written."""
-    from agents.llm import on_short_lived_loop
-
     try:
         loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
     except RuntimeError:
