@@ -162,6 +162,9 @@ class Document(models.Model):
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["kb", "-created_at"], name="kb_doc_kb_created"),
+            # The bulk ingestion's queue (the oldest pending documents of a KB): without it each
+            # look-up walked past every document already ingested, quadratic over a big upload.
+            models.Index(fields=["kb", "created_at"], name="kb_doc_pending", condition=Q(status="pending")),
             models.Index(fields=["status", "lease_expires_at"], name="kb_doc_status_lease"),
             models.Index(fields=["kb", "content_hash"], name="kb_doc_kb_hash"),
         ]

