@@ -4,17 +4,20 @@ Run from the project root::
 
     .venv/bin/python bench/retrieval_quality.py [--data /work/shared/data/scifact] [--backend local]
         [--database-url postgres://…] [--limit-docs N] [--chunk-size 256] [--threads 1] [--encoders 1]
-        [--bulk 256]
+        [--bulk 256] [--workers 2]
 
 It boots Django with the production settings on a throwaway SQLite database in a temporary folder
 (or the database of ``--database-url`` / ``DATABASE_URL``; its rows are deleted at the end), makes
 an org and a knowledge base with the chosen embedding backend (``local``: the offline MiniLM
 model), and ingests the corpus through the real pipeline, timed from the first upload to the last
 ready document: a thread creates the documents as uploads do (``document_create_text`` per abstract,
-title + text, each with its ingestion job), while the main thread runs each job as a worker would
-(``core.tasks.run_job``): the worker that takes a document takes the other pending documents of the
-KB with it (``KNOWLEDGE_INGEST_BULK_DOCS``, ``--bulk``) and ingests them in waves (claim, parse,
-token chunking, full-text index, vectors), the later jobs finding their documents done.
+title + text, each with its ingestion job on the Celery broker), and a real Celery worker runs the
+jobs, started as the Procfile starts it with ``--workers`` processes (default: the worker's
+``CELERY_CONCURRENCY``, 2). The worker that takes a document takes the other pending documents of
+the KB with it (``KNOWLEDGE_INGEST_BULK_DOCS``, ``--bulk``) and ingests them in waves (claim, parse,
+token chunking, full-text index, vectors), the later jobs finding their documents done. With
+``--workers 0`` the main thread of this process runs the jobs instead (``core.tasks.run_job``), one
+at a time: one worker process, which a profiler can watch.
 
 Then it runs the 300 test queries through ``knowledge.search.run_search`` in keyword, vector and
 hybrid modes (chunks are mapped to their document: a document ranks where its best chunk ranks)
@@ -29,7 +32,9 @@ import json
 import math
 import os
 import queue
+import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -39,11 +44,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _setup(database_url: str | None, threads: int | None = None, encoders: int | None = None) -> Path:
+def _setup(
+    database_url: str | None,
+    threads: int | None = None,
+    encoders: int | None = None,
+    in_process: bool = False,
+) -> Path:
     workdir = Path(tempfile.mkdtemp(prefix="bench-retrieval-"))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
     os.environ["VAR_DIR"] = str(workdir)
-    os.environ["CELERY_BROKER_URL"] = "memory://"  # ingestion runs here, not in a worker
+    if in_process:  # ingestion runs here: the jobs' messages go nowhere
+        os.environ["CELERY_BROKER_URL"] = "memory://"
+    else:  # the embedded default's filesystem broker under the work folder, shared with the worker
+        os.environ.pop("CELERY_BROKER_URL", None)
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if threads is not None:  # torch threads of the local model (0: every core)
@@ -63,6 +76,69 @@ def _setup(database_url: str | None, threads: int | None = None, encoders: int |
 
     call_command("migrate", verbosity=0)
     return workdir
+
+
+class Worker:
+    """A Celery worker process as the Procfile starts it, on this benchmark's database and broker."""
+
+    def __init__(self, workdir: Path, concurrency: int) -> None:
+        self.log = open(workdir / "worker.log", "w+")  # noqa: SIM115 - closed in stop()
+        self.ready = threading.Event()
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO",
+                "--concurrency", str(concurrency), "--hostname", f"bench-{os.getpid()}@%h",
+            ],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        threading.Thread(target=self._read, name="worker-log", daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.log.write(line)
+            if " ready." in line:
+                self.ready.set()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        if not self.ready.wait(timeout) or self.process.poll() is not None:
+            self.log.seek(0)
+            raise SystemExit(f"The Celery worker did not start:\n{self.log.read()[-4000:]}")
+
+    def stop(self) -> float:
+        """Stop the worker; returns the CPU seconds it and its pool processes used."""
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+
+def _report(documents, total: int, started: float) -> int:
+    from knowledge.models import Document
+
+    done = documents.filter(status__in=[Document.Status.READY, Document.Status.FAILED]).count()
+    print(f"  ingested {done}/{total} ({done / (time.perf_counter() - started):.1f} docs/s)", flush=True)
+    return done
+
+
+def _wait_ready(documents, total: int, *, started: float | None, timeout: float = 3600) -> None:
+    """Poll until every one of ``total`` documents is ready or failed (the worker ingests them)."""
+    from knowledge.models import Document
+
+    deadline, last_report = time.monotonic() + timeout, time.monotonic()
+    while time.monotonic() < deadline:
+        finished = documents.filter(status__in=[Document.Status.READY, Document.Status.FAILED]).count()
+        if finished >= total:
+            return
+        if started is not None and time.monotonic() - last_report > 15:
+            _report(documents, total, started)
+            last_report = time.monotonic()
+        time.sleep(0.2)
+    raise SystemExit(f"Ingestion did not finish within {timeout:.0f} s")
 
 
 def analyze_tables() -> None:
@@ -131,11 +207,16 @@ def main() -> int:
         "--encoders", type=int, default=None,
         help="copies of the local model encoding at once, as KNOWLEDGE_LOCAL_ENCODERS (default: the setting)",
     )  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int, default=None,
+        help="processes of the Celery worker that ingests (default: CELERY_CONCURRENCY, as `make run` starts "
+        "it); 0: this process runs the jobs one at a time instead",
+    )  # fmt: skip
     args = parser.parse_args()
 
     if args.bulk is not None:
         os.environ["KNOWLEDGE_INGEST_BULK_DOCS"] = str(args.bulk)
-    workdir = _setup(args.database_url, args.threads, args.encoders)
+    workdir = _setup(args.database_url, args.threads, args.encoders, in_process=args.workers == 0)
     from django.conf import settings
     from django.db import connection
     from django.db.models import Count
@@ -154,6 +235,7 @@ def main() -> int:
         return 2
     corpus, queries, qrels = _load(Path(args.data), args.limit_docs)
     org = Organization.objects.create(name="bench-retrieval", slug=f"bench-retrieval-{os.getpid()}")
+    worker: Worker | None = None
     try:
         kb = kb_create(
             org=org, actor=None, name="SciFact", embedding_backend=args.backend,
@@ -166,8 +248,23 @@ def main() -> int:
             embed_texts(org=org, texts=["warm up"] * 8, backend="local", model=kb.embedding_model)
         from knowledge.embeddings import local_encoders, local_precision
 
+        workers = settings.CELERY_WORKER_CONCURRENCY if args.workers is None else args.workers
+        if workers:
+            worker = Worker(workdir, workers)
+            worker.wait_ready()
+            # Warm each pool process as a running worker is warm: one document in a KB of its own
+            # (documents of one KB would be ingested together by one process).
+            warm = [
+                document_create_text(
+                    kb=kb_create(org=org, actor=None, name=f"warm-up {i}", embedding_backend=args.backend),
+                    actor=None, title="warm up", text="Warm up the worker.",
+                ).document.pk
+                for i in range(workers)
+            ]  # fmt: skip
+            _wait_ready(Document.objects.filter(pk__in=warm), len(warm), started=None)
         print(
             f"corpus: {len(corpus)} documents, {len(queries)} test queries; backend {args.backend}; "
+            f"ingested by {f'a Celery worker of {workers} processes' if workers else 'this process'}; "
             f"local model threads {settings.KNOWLEDGE_LOCAL_THREADS or os.cpu_count()}, "
             f"copies {local_encoders()}, batch {settings.KNOWLEDGE_LOCAL_BATCH}, "
             f"precision {local_precision() if args.backend == 'local' else '-'}"
@@ -191,25 +288,29 @@ def main() -> int:
 
         uploader = threading.Thread(target=upload, name="uploads")
         uploader.start()
-        ran = 0
-        while (job_id := jobs.get()) is not None:  # what a worker does with each job's message
-            run_job(str(job_id))
-            ran += 1
-            if ran % 256 == 0:
-                done = Document.objects.filter(kb=kb, status=Document.Status.READY).count()
-                rate = done / (time.perf_counter() - started)
-                print(f"  ingested {done}/{len(corpus)} ({rate:.1f} docs/s)", flush=True)
+        if worker is not None:  # the worker runs the jobs from the broker
+            _wait_ready(Document.objects.filter(kb=kb), len(corpus), started=started)
+        else:
+            ran = 0
+            while (job_id := jobs.get()) is not None:  # what a worker does with each job's message
+                run_job(str(job_id))
+                ran += 1
+                if ran % 256 == 0:
+                    _report(Document.objects.filter(kb=kb), len(corpus), started)
         uploader.join()
+        ingest_seconds = time.perf_counter() - started
+        ingest_cpu = time.process_time() - cpu_started  # every thread of this process: load-independent
+        if worker is not None:
+            ingest_cpu += worker.stop()
         statuses = dict(
             Document.objects.filter(kb=kb).values("status").annotate(n=Count("pk")).values_list("status", "n")
         )
-        ingest_seconds = time.perf_counter() - started
-        ingest_cpu = time.process_time() - cpu_started  # every thread of this process: load-independent
         analyze_tables()
         chunks = Chunk.objects.filter(kb=kb).count()
         print(
             f"ingestion: {ingest_seconds:.1f} s for {len(corpus)} documents, {chunks} chunks; {statuses}; "
-            f"CPU {ingest_cpu:.1f} s; load average {os.getloadavg()[0]:.1f}"
+            f"CPU {ingest_cpu:.1f} s{' (uploads + worker)' if worker else ''}; "
+            f"load average {os.getloadavg()[0]:.1f}"
         )
 
         beir_of = {  # SQLite's JSON extraction turns "4983" into 4983
@@ -263,6 +364,8 @@ def main() -> int:
                     f"recall@100 {recall:.3f}"
                 )
     finally:
+        if worker is not None and worker.process.poll() is None:
+            worker.stop()
         org.delete()
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -213,7 +213,15 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         # Exchange tables; kombu's default is ./control, i.e. wherever the process was started.
         "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
+        # kombu polls the folder once a second by default, and a worker whose processes are all busy
+        # waits for the next poll after each task: jobs that take milliseconds (those of documents
+        # a bulk ingestion already finished) would run at one a second.
+        "polling_interval": 0.01,
     }
+    # Remote control (``celery inspect``/``control``) consumes a queue of its own that kombu's
+    # filesystem transport polls by scanning every queued message's file, many times a second: with
+    # thousands of jobs queued (a bulk upload) that scan took half a core.
+    CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
 CELERY_TASK_IGNORE_RESULT = True  # results live on Job rows, not in a result backend
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -499,10 +507,14 @@ MEDIA_URL = "/media/"
 # A worker holds a document this long; a document whose lease ran out is picked up again.
 KNOWLEDGE_LEASE_SECONDS = env.int("KNOWLEDGE_LEASE_SECONDS", default=600)
 KNOWLEDGE_MAX_ATTEMPTS = env.int("KNOWLEDGE_MAX_ATTEMPTS", default=3)
-# A worker that takes a document also takes up to this many pending documents of the same KB in
-# all (a bulk upload), and ingests them in waves whose embedding overlaps the next documents'
-# parsing; 1 ingests every document on its own.
-KNOWLEDGE_INGEST_BULK_DOCS = env.int("KNOWLEDGE_INGEST_BULK_DOCS", default=256)
+# A worker that takes a document also takes the pending documents of the same KB (a bulk upload),
+# claimed one by one as it goes (other workers claim from the same queue), up to this many in all
+# (0: no count limit; a quarter of the task's soft time limit bounds it anyway), and ingests them in
+# waves whose embedding overlaps the next documents' parsing; 1 ingests every document on its own.
+# No count limit by default: the jobs of the documents a bulk took stay queued ahead of the rest of
+# the upload, and a bulk that stopped early would leave its worker running those (no-op) jobs before
+# it reached a pending document again.
+KNOWLEDGE_INGEST_BULK_DOCS = env.int("KNOWLEDGE_INGEST_BULK_DOCS", default=0)
 # Inputs per embedding call (provider) or encoder batch (local model).
 KNOWLEDGE_EMBED_BATCH = env.int("KNOWLEDGE_EMBED_BATCH", default=64)
 # Local model: torch threads per process (0 = every core; 1 by default, since web and worker share

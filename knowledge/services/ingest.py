@@ -397,17 +397,19 @@ def _claim_next_pending(kb_id: Any) -> Document | None:
 def _with_pending(first: Document) -> Iterator[Document]:
     """``first``, then pending documents of its KB claimed one by one as the bulk needs them.
 
-    At most ``KNOWLEDGE_INGEST_BULK_DOCS`` in all, and none claimed once a quarter of the task's
-    soft time limit has gone: the documents already taken must finish well within it.
+    Until none is left, or ``KNOWLEDGE_INGEST_BULK_DOCS`` are taken (0: no count limit), and none
+    claimed once a quarter of the task's soft time limit has gone: the documents already taken must
+    finish well within it.
     """
     yield first
     deadline = time.monotonic() + settings.CELERY_TASK_SOFT_TIME_LIMIT / 4
-    for _ in range(settings.KNOWLEDGE_INGEST_BULK_DOCS - 1):
-        if time.monotonic() > deadline:
-            return
+    limit = settings.KNOWLEDGE_INGEST_BULK_DOCS
+    taken = 1
+    while (not limit or taken < limit) and time.monotonic() <= deadline:
         document = _claim_next_pending(first.kb_id)
         if document is None:
             return
+        taken += 1
         yield document
 
 
@@ -415,14 +417,15 @@ def ingest_document(document_id: uuid.UUID | str) -> str | None:
     """Ingest the document now (in this process); returns its final status, None when not ours.
 
     Safe to call any number of times: only a caller that claims the document works on it. When
-    other documents of its KB are pending too (a bulk upload), this worker takes them as well, up
-    to ``KNOWLEDGE_INGEST_BULK_DOCS``, and ingests them together (:func:`ingest_documents`); their
-    own jobs are finished with them, and find nothing left to do when a worker runs them.
+    other documents of its KB are pending too (a bulk upload), this worker takes them as well
+    (``KNOWLEDGE_INGEST_BULK_DOCS``: how many; 0, the default, as many as there are) and ingests
+    them together (:func:`ingest_documents`); their own jobs are finished with them, and find
+    nothing left to do when a worker runs them.
     """
     document, outcome = _claim_for_work(document_id)
     if document is None:
         return outcome
-    if settings.KNOWLEDGE_INGEST_BULK_DOCS > 1 and _pending_ids(document.kb_id, 1):
+    if settings.KNOWLEDGE_INGEST_BULK_DOCS != 1 and _pending_ids(document.kb_id, 1):
         outcomes: dict[str, str | None] = {}
         _ingest_claimed(_with_pending(document), outcomes)
         return outcomes.get(str(document.pk))
@@ -558,17 +561,29 @@ def ingest_or_wait(document_id: uuid.UUID | str, *, poll_seconds: float = 0.5) -
     """The document's final status: ingested here, or by the worker that holds it (None: deleted).
 
     A document's job may run while another worker has the document in a bulk ingestion; the job
-    then waits for that worker instead of calling the document done. Should that worker die, its
-    lease runs out and this caller takes the document over.
+    then waits for that worker instead of calling the document done. While it waits it takes the
+    KB's other pending documents in a bulk of its own (as the job of a pending document would), so
+    a bulk upload keeps every worker process encoding rather than one encoding while the others
+    wait on it. Should the holder die, its lease runs out and this caller takes the document over.
     """
     while True:
         status = ingest_document(document_id)
         if status is not None:
             return status
-        current = Document.objects.filter(pk=document_id).values_list("status", flat=True).first()
-        if current != Document.Status.PROCESSING:
-            return current
-        time.sleep(poll_seconds)
+        current = Document.objects.filter(pk=document_id).values_list("status", "kb_id").first()
+        if current is None or current[0] != Document.Status.PROCESSING:
+            return current[0] if current else None
+        if not _help_with_pending(current[1]):
+            time.sleep(poll_seconds)
+
+
+def _help_with_pending(kb_id: Any) -> bool:
+    """Ingest pending documents of the KB in a bulk claimed here; False when none was left."""
+    document = _claim_next_pending(kb_id)
+    if document is None:
+        return False
+    _ingest_claimed(_with_pending(document), {})
+    return True
 
 
 def _ingest_claimed(documents: Iterable[Document], outcomes: dict[str, str | None]) -> None:

@@ -252,6 +252,15 @@ def test_a_bulk_stops_at_its_limit_and_can_be_turned_off(kb, owner, settings):
     assert states() == ["ready", "ready", "ready", "pending"]
 
 
+def test_by_default_a_bulk_takes_every_pending_document_of_the_kb(kb, owner, settings):
+    from core.tasks import run_job
+
+    assert settings.KNOWLEDGE_INGEST_BULK_DOCS == 0  # no count limit
+    documents = _texts(kb, owner, 5)
+    run_job(str(documents[0].job_id))
+    assert [Document.objects.get(pk=d.pk).status for d in documents] == ["ready"] * 5
+
+
 def test_a_bad_document_in_a_bulk_fails_alone_with_its_job(kb, owner):
     good = _texts(kb, owner, 2)
     bad = document_create_from_upload(kb=kb, actor=owner, data=b"%PDF-1.4 junk", filename="x.pdf").document
@@ -330,3 +339,25 @@ def test_bulk_ingestion_shortens_gil_turns_while_it_runs_and_restores_them(monke
         ingest._ingest_claimed([], {})
     assert seen == [pytest.approx(ingest.INGEST_SWITCH_INTERVAL)] * 3
     assert sys.getswitchinterval() == pytest.approx(default)  # restored, even after a failure
+
+
+def test_a_job_waiting_on_another_workers_bulk_ingests_the_kbs_other_pending_documents(
+    kb, owner, monkeypatch
+):
+    held, *pending = _texts(kb, owner, 3)
+    other = ingest.claim(held.pk)  # another worker's bulk has it and will claim more as it goes
+    waits = []
+
+    def other_worker_finishes(seconds):
+        waits.append(seconds)
+        ingest._finish(other, ingest._prepare(other, report=False), None)
+
+    monkeypatch.setattr(ingest.time, "sleep", other_worker_finishes)
+    assert ingest.ingest_or_wait(held.pk) == "ready"
+
+    # The pending documents were ingested by this caller, in the time it would have spent waiting:
+    # it waited only once none was left.
+    assert len(waits) == 1
+    assert [Document.objects.get(pk=d.pk).status for d in pending] == ["ready", "ready"]
+    assert Chunk.objects.filter(document__in=pending).count() >= 2
+    assert Document.objects.get(pk=held.pk).attempts == 1
