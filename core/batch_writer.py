@@ -13,7 +13,8 @@ A batch that fails is written again one item at a time (``write_one``), so that 
 alone, with its own error, and the others are still written.
 
 The writer thread holds one database connection of its own, checked (``close_old_connections``)
-around every batch like a request's.
+around every batch like a request's; a caller waiting in :meth:`BatchWriter.write` gives its own
+back meanwhile.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Generic, TypeVar
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,13 @@ class BatchWriter(Generic[T]):
         return future
 
     def write(self, item: T) -> None:
-        """Queue ``item`` and wait until it is committed; raises the error of its own write."""
+        """Queue ``item`` and wait until it is committed; raises the error of its own write.
+
+        The caller gives its database connection back while it waits (unless it is inside a
+        transaction): the writer takes one from the same pool, and a burst of callers each
+        sitting on one could hold every connection the writer needs until the pool's timeout.
+        """
+        _release_connections()
         self.submit(item).result()
 
     def _ensure_thread(self) -> None:
@@ -105,3 +112,10 @@ class BatchWriter(Generic[T]):
                 future.set_exception(exc)
             else:
                 future.set_result(None)
+
+
+def _release_connections() -> None:
+    """Close this thread's connections that no transaction is using (with a pool: give them back)."""
+    for connection in connections.all(initialized_only=True):
+        if connection.connection is not None and not connection.in_atomic_block:
+            connection.close()

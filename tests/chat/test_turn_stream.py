@@ -113,7 +113,8 @@ def test_turns_opening_at_once_each_store_their_conversation_messages_and_audit_
 ):
     """Under a server the openings of concurrent turns are written together (one transaction per
     batch): every turn still gets its own conversation, both messages, ``message.start`` and its
-    audit row, with its request's details."""
+    audit row, with its request's details. The server's connection pool is smaller than the burst:
+    a view waiting for the batch writer must not sit on a connection the writer needs."""
     from concurrent.futures import ThreadPoolExecutor
 
     from accounts.models import AuditLog
@@ -121,7 +122,7 @@ def test_turns_opening_at_once_each_store_their_conversation_messages_and_audit_
 
     agent = make_agent(org, make_provider(org, fake_upstream))
     raw = api_key_for(org, member)
-    with run_asgi_server(log_dir=tmp_path, extra_env=ENV) as server:
+    with run_asgi_server(log_dir=tmp_path, extra_env={**ENV, "DB_POOL_MAX_SIZE": "3"}) as server:
 
         def one(i: int):
             with post_event_stream(

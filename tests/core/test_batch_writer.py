@@ -83,3 +83,36 @@ def test_a_bad_item_fails_alone_with_its_own_error_and_the_rest_are_written():
         "batch-also-good",
     }
     assert Organization.objects.filter(slug="taken-slug").count() == 1
+
+
+def _recording_writer(seen: list, caller) -> BatchWriter[Organization]:
+    def write_one(org):
+        seen.append(caller.connection is not None)  # is the waiting caller still holding one?
+        org.save(force_insert=True)
+
+    return BatchWriter("test-writer", lambda orgs: [write_one(o) for o in orgs], write_one)
+
+
+def test_a_caller_gives_its_connection_back_while_it_waits_for_the_writer():
+    """Otherwise a burst of callers could hold every pooled connection the writer needs."""
+    from django.db import connections
+
+    connection = connections["default"]  # this thread's wrapper, not the thread-local proxy
+    connection.ensure_connection()
+    seen: list = []
+    _recording_writer(seen, connection).write(_org("released-writer"))
+    assert seen == [False]
+    assert Organization.objects.filter(slug="released-writer").exists()  # reconnects when needed
+
+
+def test_a_caller_inside_a_transaction_keeps_its_connection():
+    from django.db import connections
+
+    connection = connections["default"]
+    seen: list = []
+    with transaction.atomic():
+        Organization.objects.create(name="in-atomic", slug="in-atomic")
+        _recording_writer(seen, connection).write(_org("kept-writer"))
+        assert connection.in_atomic_block
+    assert seen == [True]
+    assert Organization.objects.filter(slug__in=["in-atomic", "kept-writer"]).count() == 2
