@@ -117,22 +117,22 @@ class Worker:
         return usage.ru_utime + usage.ru_stime
 
 
-def _report(documents, total: int, started: float) -> int:
+def _finished(documents) -> int:
     from knowledge.models import Document
 
-    done = documents.filter(status__in=[Document.Status.READY, Document.Status.FAILED]).count()
+    return documents.filter(status__in=[Document.Status.READY, Document.Status.FAILED]).count()
+
+
+def _report(documents, total: int, started: float) -> None:
+    done = _finished(documents)
     print(f"  ingested {done}/{total} ({done / (time.perf_counter() - started):.1f} docs/s)", flush=True)
-    return done
 
 
 def _wait_ready(documents, total: int, *, started: float | None, timeout: float = 3600) -> None:
     """Poll until every one of ``total`` documents is ready or failed (the worker ingests them)."""
-    from knowledge.models import Document
-
     deadline, last_report = time.monotonic() + timeout, time.monotonic()
     while time.monotonic() < deadline:
-        finished = documents.filter(status__in=[Document.Status.READY, Document.Status.FAILED]).count()
-        if finished >= total:
+        if _finished(documents) >= total:
             return
         if started is not None and time.monotonic() - last_report > 15:
             _report(documents, total, started)

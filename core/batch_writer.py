@@ -117,5 +117,5 @@ class BatchWriter(Generic[T]):
 def _release_connections() -> None:
     """Close this thread's connections that no transaction is using (with a pool: give them back)."""
     for connection in connections.all(initialized_only=True):
-        if connection.connection is not None and not connection.in_atomic_block:
+        if not connection.in_atomic_block:
             connection.close()

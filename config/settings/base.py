@@ -215,7 +215,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "store_processed": False,
         # kombu polls the folder once a second by default, and a worker whose processes are all busy
         # waits for the next poll after each task: jobs that take milliseconds (those of documents
-        # a bulk ingestion already finished) would run at one a second.
+        # a bulk ingestion already finished) would run at one a second. Polling an empty folder
+        # every 10 ms costs an idle worker about 1.5 % of a core (measured).
         "polling_interval": 0.01,
     }
     # Remote control (``celery inspect``/``control``) consumes a queue of its own that kombu's

@@ -570,10 +570,13 @@ def ingest_or_wait(document_id: uuid.UUID | str, *, poll_seconds: float = 0.5) -
         status = ingest_document(document_id)
         if status is not None:
             return status
-        current = Document.objects.filter(pk=document_id).values_list("status", "kb_id").first()
-        if current is None or current[0] != Document.Status.PROCESSING:
-            return current[0] if current else None
-        if not _help_with_pending(current[1]):
+        row = Document.objects.filter(pk=document_id).values_list("status", "kb_id").first()
+        if row is None:
+            return None
+        current, kb_id = row
+        if current != Document.Status.PROCESSING:
+            return current
+        if not _help_with_pending(kb_id):
             time.sleep(poll_seconds)
 
 
