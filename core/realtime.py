@@ -50,6 +50,18 @@ def publish(group: str, event: dict[str, Any]) -> None:
     async_to_sync(apublish)(group, event)
 
 
+async def _apublish_many(events: list[tuple[str, dict[str, Any]]]) -> None:
+    for group, event in events:
+        await apublish(group, event)
+
+
+def publish_many_on_commit(events: list[tuple[str, dict[str, Any]]]) -> None:
+    """:func:`publish_on_commit` of many ``(group, event)`` pairs with one hop to the event loop
+    (a bulk worker finishing a batch of jobs: one hop each cost more than the jobs' UPDATE)."""
+    if events:
+        transaction.on_commit(lambda: async_to_sync(_apublish_many)(events))
+
+
 def publish_on_commit(group: str, event: dict[str, Any]) -> None:
     """Publish once the surrounding transaction commits, so followers read committed rows."""
     transaction.on_commit(lambda: publish(group, event))

@@ -8,13 +8,14 @@ twice. Each change is published to the job's realtime group after commit.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from core import metrics, realtime
@@ -34,7 +35,6 @@ def _announce(job_id: UUID | str) -> None:
     realtime.publish_on_commit(job_group(job_id), {"job": str(job_id)})
 
 
-@transaction.atomic
 def job_create(
     *,
     kind: str,
@@ -44,11 +44,14 @@ def job_create(
     message: str = "",
     enqueue: bool = True,
 ) -> Job:
-    """Record a job and, after commit, hand it to a worker."""
+    """Record a job and, after commit, hand it to a worker (one INSERT: in the caller's transaction
+    when there is one, no savepoint of its own)."""
     if job_handler(kind) is None:
         raise ValidationError(f"Unknown job kind {kind!r}.", code="ERR_UNKNOWN_JOB_KIND")
     job = Job(kind=kind, org=org, actor=actor, payload=payload or {}, message=message)
-    job.full_clean()
+    # Fields only: the primary key is a fresh uuid4, ``org`` and ``actor`` are rows the caller
+    # holds, and the database checks its constraints itself; each look-up cost a round trip.
+    job.full_clean(exclude=["org", "actor"], validate_unique=False, validate_constraints=False)
     job.save()
     if enqueue:
         from core.tasks import run_job
@@ -80,6 +83,47 @@ def job_progress(*, job_id: UUID | str, percent: int, message: str = "") -> bool
     if updated:
         _announce(job_id)
     return bool(updated)
+
+
+def jobs_progress(*, job_ids: list[UUID | str], percent: int, message: str = "") -> int:
+    """:func:`job_progress` of many jobs in one UPDATE (a bulk worker's batch); returns how many
+    were still running (only those change)."""
+    percent = max(0, min(100, int(percent)))
+    updated = Job.objects.filter(pk__in=job_ids, status=Job.Status.RUNNING).update(
+        percent=percent, message=message[:500], updated_at=timezone.now()
+    )
+    if updated:  # a follower of a job that had ended re-reads it and sees nothing new
+        realtime.publish_many_on_commit([(job_group(job_id), {"job": str(job_id)}) for job_id in job_ids])
+    return updated
+
+
+def jobs_succeed(*, results: dict[UUID, Any], message: str = "Done") -> int:
+    """:func:`job_succeed` of many jobs, each with its own result, in one UPDATE; returns how many
+    had not ended (those are the ones marked)."""
+    results = {UUID(str(job_id)): result for job_id, result in results.items()}
+    if not results:
+        return 0
+    with transaction.atomic():
+        open_jobs = list(
+            Job.objects.select_for_update()
+            .filter(pk__in=list(results), status__in=[Job.Status.PENDING, Job.Status.RUNNING])
+            .values_list("pk", "kind")
+        )
+        if not open_jobs:
+            return 0
+        now = timezone.now()
+        result_field = Job._meta.get_field("result")
+        updated = Job.objects.filter(pk__in=[pk for pk, _ in open_jobs]).update(
+            status=Job.Status.SUCCEEDED, finished_at=now, updated_at=now, percent=100, message=message[:500],
+            result=Case(
+                *[When(pk=pk, then=Value(results[pk], output_field=result_field)) for pk, _ in open_jobs],
+                output_field=result_field,
+            ),
+        )  # fmt: skip
+        for kind, count in Counter(kind for _, kind in open_jobs).items():
+            metrics.JOBS_FINISHED.labels(kind, Job.Status.SUCCEEDED).inc(count)
+        realtime.publish_many_on_commit([(job_group(pk), {"job": str(pk)}) for pk, _ in open_jobs])
+    return updated
 
 
 def _finish(job_id: UUID | str, status: str, **fields: Any) -> bool:

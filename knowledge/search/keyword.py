@@ -348,13 +348,17 @@ def _forget_statistics(kb_ids: Iterable[object]) -> None:
             _kb_generation[kb_id] = _kb_generation.get(kb_id, 0) + 1
 
 
-def index_chunks(*, document_id: uuid.UUID, language: str) -> None:
-    """Fill the full-text columns of a document's chunks (PostgreSQL; SQLite's triggers do it)."""
+def index_chunks(*, document_ids: Iterable[uuid.UUID], language: str) -> None:
+    """Fill the full-text columns of the documents' chunks (PostgreSQL; SQLite's triggers do it);
+    a bulk ingestion's batch in one statement."""
     if connection.vendor != "postgresql":
+        return
+    ids = [_as_uuid(value) for value in document_ids]
+    if not ids:
         return
     config = language if language in LANGUAGES else "simple"
     with connection.cursor() as cursor:
-        cursor.execute(_TSV_UPDATE.replace("{column}", "document_id"), [config, document_id])
+        cursor.execute(_TSV_UPDATE.replace("{column} = %s", "document_id = ANY(%s)"), [config, ids])
         _forget_statistics(row[0] for row in cursor.fetchall())
 
 

@@ -22,6 +22,7 @@ from django.db import transaction
 from accounts.models import User
 from accounts.services.audit import audit_record
 from core.errors import ConflictError, ValidationError
+from core.models import Job
 from core.outbound import check_url
 from core.quotas import check_limit
 from core.services import job_create
@@ -75,14 +76,19 @@ def _existing(kb: KnowledgeBase, content_hash: str) -> Document | None:
     )
 
 
-def _queue(document: Document, actor: User | None) -> None:
-    job = job_create(
+def _ingestion_job(document: Document, actor: User | None) -> Job:
+    return job_create(
         kind=JOB_INGEST,
         org=document.org,
         actor=actor if actor is not None and actor.pk else None,
         payload={"document_id": str(document.pk), "kb_id": str(document.kb_id)},
         message="Waiting for a worker",
     )
+
+
+def _queue(document: Document, actor: User | None) -> None:
+    """A new ingestion job for a stored document (retry, requeue)."""
+    job = _ingestion_job(document, actor)
     Document.objects.filter(pk=document.pk).update(job=job)
     document.job = job
 
@@ -111,9 +117,10 @@ def _create(
         created_by=actor if actor is not None and actor.pk else None,
         **fields,
     )
-    document.full_clean(exclude=["org", "kb", "job", "created_by", "file"])
-    document.save()
-    _queue(document, actor)
+    # The primary key is a fresh uuid4 and the database checks the foreign keys: no look-ups.
+    document.full_clean(exclude=["org", "kb", "job", "created_by", "file"], validate_unique=False)
+    document.job = _ingestion_job(document, actor)  # created first: the document row is written once
+    document.save(force_insert=True)
     audit_record(
         org=kb.org,
         actor=actor,

@@ -43,9 +43,9 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from core.errors import ApplicationError
-from core.services import job_fail, job_progress, job_succeed
+from core.services import job_fail, job_progress, job_succeed, jobs_progress, jobs_succeed
 from knowledge import parsing
-from knowledge.chunking import chunk_sections
+from knowledge.chunking import ChunkDraft, chunk_sections
 from knowledge.embeddings import embed_texts, local_encoders
 from knowledge.models import Chunk, ChunkEmbedding, Document, IndexVersion, KnowledgeBase
 from knowledge.search.keyword import index_chunks
@@ -297,120 +297,218 @@ def _guarded(document: Document, step: Callable[[], Any]) -> tuple[bool, Any]:
         return False, Document.Status.FAILED
 
 
+def _draft(document: Document) -> list[ChunkDraft]:
+    """Read, parse and chunk the document: no writes, so a bulk ingestion stores many at once."""
+    kb = document.kb
+    drafts = chunk_sections(_sections(document), chunk_size=kb.chunk_size, overlap=kb.chunk_overlap)
+    if not drafts:
+        raise ApplicationError("The document holds no text.", code="ERR_NO_TEXT")
+    return drafts
+
+
+def _store_chunks(drafted: list[tuple[Document, list[ChunkDraft]]]) -> list[tuple[Document, list[Chunk]]]:
+    """Replace the chunks (and full-text entries) of the documents still ours, in one transaction.
+
+    Returns those documents with their new rows; a document another worker took over is left out.
+    One statement of each kind for the whole batch: per-document statements were most of a bulk
+    ingestion's database work.
+    """
+    with transaction.atomic():
+        attempts = dict(
+            Document.objects.select_for_update()
+            .filter(pk__in=[document.pk for document, _ in drafted], status=Document.Status.PROCESSING)
+            .values_list("pk", "attempts")
+        )
+        mine = [(doc, drafts) for doc, drafts in drafted if attempts.get(doc.pk) == doc.attempts]
+        if not mine:
+            return []
+        ids = [document.pk for document, _ in mine]
+        had_vectors = set(
+            ChunkEmbedding.objects.filter(chunk__document_id__in=ids).values_list("chunk__kb_id", flat=True)
+        )
+        Chunk.objects.filter(document_id__in=ids).delete()  # a retry replaces, never adds
+        stored = []
+        for document, drafts in mine:
+            rows = [
+                Chunk(
+                    org_id=document.org_id,
+                    kb_id=document.kb_id,
+                    document=document,
+                    seq=draft.seq,
+                    text=draft.text,
+                    token_count=draft.token_count,
+                    page=draft.page,
+                    section=draft.section,
+                    metadata=draft.metadata,
+                    content_hash=draft.content_hash,
+                )  # fmt: skip
+                for draft in drafts
+            ]
+            document.chunk_count = len(rows)
+            document.token_count = sum(draft.token_count for draft in drafts)
+            document.embedded = False
+            stored.append((document, rows))
+        Chunk.objects.bulk_create([row for _, rows in stored for row in rows], batch_size=1000)
+        for kb_id, language in {(document.kb_id, document.kb.language) for document, _ in mine}:
+            index_chunks(document_ids=[d.pk for d, _ in mine if d.kb_id == kb_id], language=language)
+        if had_vectors:
+            IndexVersion.objects.filter(kb_id__in=had_vectors).update(revision=F("revision") + 1)
+        Document.objects.bulk_update([doc for doc, _ in mine], ["chunk_count", "token_count", "embedded"])
+    return stored
+
+
+def _store_one(document: Document, drafts: list[ChunkDraft]) -> list[Chunk]:
+    stored = _store_chunks([(document, drafts)])
+    if not stored:
+        raise LeaseLost()
+    return stored[0][1]
+
+
 def _prepare(document: Document, *, report: bool = True) -> list[Chunk]:
     """Read, parse and chunk the document; replace its chunks (and full-text entries) in one go.
 
-    ``report=False`` (bulk ingestion of many small documents) skips the two progress writes: the
-    claim has just set the lease, and the wave reports and finishes the job moments later.
+    ``report=False`` skips the two progress writes (the claim has just set the lease).
     """
-    kb = document.kb
     if report:
         _progress(document, 5, "Reading the document")
-    sections = _sections(document)
-    drafts = chunk_sections(sections, chunk_size=kb.chunk_size, overlap=kb.chunk_overlap)
-    if not drafts:
-        raise ApplicationError("The document holds no text.", code="ERR_NO_TEXT")
-    with transaction.atomic():
-        if not _mine(document).select_for_update().exists():
-            raise LeaseLost()
-        had_vectors = ChunkEmbedding.objects.filter(chunk__document=document).exists()
-        Chunk.objects.filter(document=document).delete()  # a retry replaces, never adds
-        rows = [
-            Chunk(
-                org_id=document.org_id,
-                kb_id=kb.pk,
-                document=document,
-                seq=draft.seq,
-                text=draft.text,
-                token_count=draft.token_count,
-                page=draft.page,
-                section=draft.section,
-                metadata=draft.metadata,
-                content_hash=draft.content_hash,
-            )  # fmt: skip
-            for draft in drafts
-        ]
-        Chunk.objects.bulk_create(rows, batch_size=1000)
-        index_chunks(document_id=document.pk, language=kb.language)
-        if had_vectors:
-            IndexVersion.objects.filter(kb_id=kb.pk).update(revision=F("revision") + 1)
-        _mine(document).update(
-            chunk_count=len(rows), token_count=sum(d.token_count for d in drafts), embedded=False
-        )
+    rows = _store_one(document, _draft(document))
     if report:
         _progress(document, 40, f"{len(rows)} chunks; embedding")
     return rows
 
 
+def _job_result(document: Document, rows: list[Chunk], embed_error: tuple[str, str] | None) -> dict[str, Any]:
+    result: dict[str, Any] = {"document_id": str(document.pk), "status": "ready", "chunks": len(rows)}
+    if embed_error:
+        result["warning"] = {"code": embed_error[0], "message": embed_error[1]}
+    return result
+
+
+def _ready_fields(document: Document, embed_error: tuple[str, str] | None) -> dict[str, Any]:
+    now = timezone.now()
+    return {
+        "status": Document.Status.READY,
+        "lease_expires_at": None,
+        "processed_at": now,
+        "embedded": embed_error is None and document.kb.active_index_id is not None,
+        "error_code": embed_error[0] if embed_error else "",
+        "error_message": embed_error[1] if embed_error else "",
+        "updated_at": now,
+    }
+
+
 def _finish(document: Document, rows: list[Chunk], embed_error: tuple[str, str] | None) -> str:
     with transaction.atomic():
-        updated = _mine(document).update(
-            status=Document.Status.READY,
-            lease_expires_at=None,
-            processed_at=timezone.now(),
-            embedded=embed_error is None and document.kb.active_index_id is not None,
-            error_code=embed_error[0] if embed_error else "",
-            error_message=embed_error[1] if embed_error else "",
-            updated_at=timezone.now(),
-        )
-        if not updated:
+        if not _mine(document).update(**_ready_fields(document, embed_error)):
             raise LeaseLost()
     if document.job_id:
-        result: dict[str, Any] = {"document_id": str(document.pk), "status": "ready", "chunks": len(rows)}
-        if embed_error:
-            result["warning"] = {"code": embed_error[0], "message": embed_error[1]}
-        job_succeed(job_id=document.job_id, result=result, message="Ready")
+        job_succeed(job_id=document.job_id, result=_job_result(document, rows, embed_error), message="Ready")
     return Document.Status.READY
+
+
+class _NotAllMine(Exception):
+    """A document of a batch was taken over: the batch is finished one document at a time."""
+
+
+def _finish_many(group: list[tuple[Document, list[Chunk]]], embed_error: tuple[str, str] | None) -> None:
+    """:func:`_finish` of a wave's documents (one KB): one UPDATE per attempt number, one for the
+    jobs; raises ``_NotAllMine`` (rolled back) when any of them is no longer ours."""
+    by_attempt: dict[int, list[Any]] = {}
+    for document, _ in group:
+        by_attempt.setdefault(document.attempts, []).append(document.pk)
+    fields = _ready_fields(group[0][0], embed_error)
+    with transaction.atomic():
+        for attempts, ids in by_attempt.items():
+            updated = Document.objects.filter(
+                pk__in=ids, status=Document.Status.PROCESSING, attempts=attempts
+            ).update(**fields)
+            if updated != len(ids):
+                raise _NotAllMine()
+        jobs_succeed(
+            results={
+                document.job_id: _job_result(document, rows, embed_error)
+                for document, rows in group
+                if document.job_id
+            },
+            message="Ready",
+        )
 
 
 def _claim_for_work(document_id: uuid.UUID | str) -> tuple[Document | None, str | None]:
     document = claim(document_id)
     if document is None:
         return None, None
-    if document.attempts > settings.KNOWLEDGE_MAX_ATTEMPTS:
-        _fail(document, "ERR_TOO_MANY_ATTEMPTS", f"Gave up after {settings.KNOWLEDGE_MAX_ATTEMPTS} attempts.")
+    if _gave_up(document):
         return None, Document.Status.FAILED
     return document, None
 
 
-def _pending_ids(kb_id: Any, limit: int) -> list[Any]:
-    return list(
-        Document.objects.filter(kb_id=kb_id, status=Document.Status.PENDING)
-        .order_by("created_at")
-        .values_list("pk", flat=True)[:limit]
-    )
+def _gave_up(document: Document) -> bool:
+    """Fail a claimed document past ``KNOWLEDGE_MAX_ATTEMPTS``; True when it was."""
+    if document.attempts <= settings.KNOWLEDGE_MAX_ATTEMPTS:
+        return False
+    _fail(document, "ERR_TOO_MANY_ATTEMPTS", f"Gave up after {settings.KNOWLEDGE_MAX_ATTEMPTS} attempts.")
+    return True
 
 
-def _claim_next_pending(kb_id: Any) -> Document | None:
-    """The oldest pending document of the KB, claimed for this worker; None when none is left.
+def _others_pending(kb_id: Any) -> bool:
+    return Document.objects.filter(kb_id=kb_id, status=Document.Status.PENDING).exists()
 
-    Other workers claim from the same queue: a document one of them won is skipped.
+
+CLAIM_BATCH = 16  # pending documents a bulk ingestion claims at a time
+
+
+def _claim_pending(kb_id: Any, limit: int) -> list[Document]:
+    """Up to ``limit`` of the KB's oldest pending documents, claimed for this worker in one UPDATE.
+
+    Rows another worker is claiming at the same moment are skipped, not waited for (PostgreSQL's
+    ``SKIP LOCKED``; SQLite's write transactions take turns). Documents past
+    ``KNOWLEDGE_MAX_ATTEMPTS`` fail instead of being returned.
     """
-    while candidates := _pending_ids(kb_id, 8):
-        for candidate in candidates:
-            document, _ = _claim_for_work(candidate)
-            if document is not None:
-                return document
-    return None
+    now = timezone.now()
+    with transaction.atomic():
+        ids = list(
+            Document.objects.select_for_update(skip_locked=True)
+            .filter(kb_id=kb_id, status=Document.Status.PENDING)
+            .order_by("created_at")
+            .values_list("pk", flat=True)[:limit]
+        )
+        if not ids:
+            return []
+        Document.objects.filter(pk__in=ids, status=Document.Status.PENDING).update(
+            status=Document.Status.PROCESSING,
+            attempts=F("attempts") + 1,
+            lease_expires_at=now + timedelta(seconds=settings.KNOWLEDGE_LEASE_SECONDS),
+            error_code="",
+            error_message="",
+            updated_at=now,
+        )
+    claimed = []
+    for document in Document.objects.select_related("kb", "org").filter(pk__in=ids).order_by("created_at"):
+        if not _gave_up(document):
+            claimed.append(document)
+    return claimed
 
 
-def _with_pending(first: Document) -> Iterator[Document]:
-    """``first``, then pending documents of its KB claimed one by one as the bulk needs them.
+def _with_pending(first: list[Document]) -> Iterator[Document]:
+    """``first``, then pending documents of its KB claimed ``CLAIM_BATCH`` at a time as the bulk
+    needs them.
 
     Until none is left, or ``KNOWLEDGE_INGEST_BULK_DOCS`` are taken (0: no count limit), and none
     claimed once a quarter of the task's soft time limit has gone: the documents already taken must
     finish well within it.
     """
-    yield first
+    yield from first
+    kb_id = first[0].kb_id
     deadline = time.monotonic() + settings.CELERY_TASK_SOFT_TIME_LIMIT / 4
     limit = settings.KNOWLEDGE_INGEST_BULK_DOCS
-    taken = 1
+    taken = len(first)
     while (not limit or taken < limit) and time.monotonic() <= deadline:
-        document = _claim_next_pending(first.kb_id)
-        if document is None:
+        batch = _claim_pending(kb_id, min(CLAIM_BATCH, limit - taken) if limit else CLAIM_BATCH)
+        if not batch:
             return
-        taken += 1
-        yield document
+        taken += len(batch)
+        yield from batch
 
 
 def ingest_document(document_id: uuid.UUID | str) -> str | None:
@@ -425,9 +523,9 @@ def ingest_document(document_id: uuid.UUID | str) -> str | None:
     document, outcome = _claim_for_work(document_id)
     if document is None:
         return outcome
-    if settings.KNOWLEDGE_INGEST_BULK_DOCS != 1 and _pending_ids(document.kb_id, 1):
+    if settings.KNOWLEDGE_INGEST_BULK_DOCS != 1 and _others_pending(document.kb_id):
         outcomes: dict[str, str | None] = {}
-        _ingest_claimed(_with_pending(document), outcomes)
+        _ingest_claimed(_with_pending([document]), outcomes)
         return outcomes.get(str(document.pk))
     ok, rows = _guarded(document, lambda: _prepare(document))
     if not ok:
@@ -520,12 +618,18 @@ def _finish_wave(wave: _Wave, outcomes: dict[str, str | None]) -> None:
     finally:
         for future in wave.pending.values():
             future.cancel()
-    # One transaction for the wave (each document's in a savepoint): one commit, not three per
-    # document, which is what PostgreSQL's synchronous commits made the bulk of the work.
-    with transaction.atomic():
-        for document, rows in wave.group:
-            ok, status = _guarded(document, lambda d=document, r=rows, e=embed_error: _finish_atomic(d, r, e))
-            outcomes[str(document.pk)] = status
+    try:
+        _finish_many(wave.group, embed_error)
+    except Exception as exc:  # one at a time, each in a savepoint: a lost document fails alone
+        if not isinstance(exc, _NotAllMine):
+            logger.warning("finishing a batch of %d documents failed; one by one", len(wave.group))
+        with transaction.atomic():
+            for document, rows in wave.group:
+                finish = functools.partial(_finish_atomic, document, rows, embed_error)
+                outcomes[str(document.pk)] = _guarded(document, finish)[1]
+        return
+    for document, _ in wave.group:
+        outcomes[str(document.pk)] = Document.Status.READY
 
 
 def _finish_atomic(document: Document, rows: list[Chunk], embed_error: tuple[str, str] | None) -> str:
@@ -536,12 +640,13 @@ def _finish_atomic(document: Document, rows: list[Chunk], embed_error: tuple[str
 def ingest_documents(document_ids: Iterable[uuid.UUID | str]) -> dict[str, str | None]:
     """Ingest several documents together (bulk uploads, benchmarks); returns each one's status.
 
-    Each document is claimed, parsed and chunked on its own (one bad file fails alone). Their chunks
-    are embedded in waves of about ``WAVE_CHUNKS`` of one KB: while the local model's copies
-    (``KNOWLEDGE_LOCAL_ENCODERS``, one core each) encode waves in threads (torch releases the
-    GIL), this thread prepares the next documents and stores and finishes the oldest wave, so the
-    database work hides behind the encoding instead of adding to it. Full batches keep the model
-    efficient too.
+    Each document is parsed and chunked on its own (one bad file fails alone). They are stored,
+    embedded and finished in waves of about ``WAVE_CHUNKS`` chunks of one KB, each write a
+    statement per wave rather than per document (should a wave's write fail, its documents are
+    written one by one). While the local model's copies (``KNOWLEDGE_LOCAL_ENCODERS``, one core
+    each) encode waves in threads (torch releases the GIL), this thread prepares the next wave and
+    finishes the oldest, so the database work hides behind the encoding instead of adding to it.
+    Full batches keep the model efficient too.
     """
     outcomes: dict[str, str | None] = {}
 
@@ -582,10 +687,10 @@ def ingest_or_wait(document_id: uuid.UUID | str, *, poll_seconds: float = 0.5) -
 
 def _help_with_pending(kb_id: Any) -> bool:
     """Ingest pending documents of the KB in a bulk claimed here; False when none was left."""
-    document = _claim_next_pending(kb_id)
-    if document is None:
+    batch = _claim_pending(kb_id, CLAIM_BATCH)
+    if not batch:
         return False
-    _ingest_claimed(_with_pending(document), {})
+    _ingest_claimed(_with_pending(batch), {})
     return True
 
 
@@ -596,32 +701,60 @@ def _ingest_claimed(documents: Iterable[Document], outcomes: dict[str, str | Non
 
 
 def _ingest_waves(documents: Iterable[Document], outcomes: dict[str, str | None]) -> None:
-    group: list[tuple[Document, list[Chunk]]] = []
+    drafted: list[tuple[Document, list[ChunkDraft]]] = []
     running: deque[_Wave] = deque()  # oldest first
     in_flight = local_encoders()  # waves encoding at once, one per copy of the model
 
     def flush() -> None:
-        nonlocal group
-        if not group:
+        nonlocal drafted
+        if not drafted:
             return
-        running.append(_start_wave(group))  # queued behind the running waves' encoding
-        group = []
+        group = _store_wave(drafted, outcomes)
+        drafted = []
+        if group:
+            running.append(_start_wave(group))  # queued behind the running waves' encoding
         while len(running) > in_flight:
             _finish_wave(running.popleft(), outcomes)
 
     for document in documents:
-        ok, rows = _guarded(document, lambda document=document: _prepare(document, report=False))
+        ok, drafts = _guarded(document, lambda document=document: _draft(document))
         if not ok:
-            outcomes[str(document.pk)] = rows
+            outcomes[str(document.pk)] = drafts
             continue
-        if group and group[0][0].kb_id != document.kb_id:
+        if drafted and drafted[0][0].kb_id != document.kb_id:
             flush()
-        group.append((document, rows))
-        if sum(len(chunk_rows) for _, chunk_rows in group) >= WAVE_CHUNKS:
+        drafted.append((document, drafts))
+        if sum(len(chunk_drafts) for _, chunk_drafts in drafted) >= WAVE_CHUNKS:
             flush()
     flush()
     while running:
         _finish_wave(running.popleft(), outcomes)
+
+
+def _store_wave(
+    drafted: list[tuple[Document, list[ChunkDraft]]], outcomes: dict[str, str | None]
+) -> list[tuple[Document, list[Chunk]]]:
+    """Store a wave's chunks in one transaction; should that fail, each document's alone, so a
+    document whose rows the database refuses fails by itself. Documents lost to another worker are
+    dropped (their outcome: None)."""
+    try:
+        stored = _store_chunks(drafted)
+    except Exception:
+        logger.warning("storing a batch of %d documents failed; storing them one by one", len(drafted))
+        stored = []
+        for document, drafts in drafted:
+            ok, rows = _guarded(document, lambda d=document, c=drafts: _store_one(d, c))
+            if ok:
+                stored.append((document, rows))
+            else:
+                outcomes[str(document.pk)] = rows
+        return stored
+    kept = {document.pk for document, _ in stored}
+    for document, _ in drafted:
+        if document.pk not in kept:
+            logger.info("document %s was taken over by another worker", document.pk)
+            outcomes[str(document.pk)] = None
+    return stored
 
 
 def _embed_document(
@@ -647,11 +780,9 @@ def _embed_document(
         last[0] = time.monotonic()
         _renew_all(documents)
         percent = 40 + int(55 * done / max(total, 1))
-        for document in documents:
-            if document.job_id:
-                job_progress(
-                    job_id=document.job_id, percent=percent, message=f"Embedded {done}/{total} chunks"
-                )
+        job_ids = [document.job_id for document in documents if document.job_id]
+        if job_ids:
+            jobs_progress(job_ids=job_ids, percent=percent, message=f"Embedded {done}/{total} chunks")
 
     try:
         for index in indexes:

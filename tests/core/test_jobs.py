@@ -28,6 +28,8 @@ from core.services import (
     job_progress,
     job_start,
     job_succeed,
+    jobs_progress,
+    jobs_succeed,
 )
 from core.tasks import run_job
 from tests.conftest import client_for
@@ -212,6 +214,56 @@ def test_job_progress_is_refused_when_the_job_is_not_running(db, org):
 
     assert job_progress(job_id=job.pk, percent=50) is False
     assert reload(job).percent == 0
+
+
+def test_job_create_is_one_insert_and_still_validates_its_fields(db, org, django_assert_num_queries):
+    with django_assert_num_queries(1):  # no look-ups of the org, the new primary key or constraints
+        job = new_job(org=org, message="queued")
+    assert reload(job).message == "queued"
+
+    with pytest.raises(Exception, match="at most 500"):
+        new_job(org=org, message="x" * 501)
+    assert Job.objects.count() == 1
+
+
+def test_a_failed_job_create_leaves_the_callers_transaction_usable(db, org):
+    with transaction.atomic():
+        with pytest.raises(ValidationError):
+            job_create(kind="no.such.kind", org=org)
+        job = new_job(org=org)  # the surrounding transaction goes on
+    assert Job.objects.filter(pk=job.pk).exists()
+
+
+def test_jobs_succeed_gives_each_open_job_its_own_result_and_leaves_ended_ones(
+    db, org, django_capture_on_commit_callbacks
+):
+    running, pending, ended = new_job(org=org), new_job(org=org), new_job(org=org)
+    job_start(job_id=running.pk)
+    job_fail(job_id=ended.pk, code="ERR_GONE", message="gone")
+
+    with django_capture_on_commit_callbacks() as published:
+        marked = jobs_succeed(
+            results={running.pk: {"n": 1}, str(pending.pk): {"n": 2}, ended.pk: {"n": 3}}, message="Ready"
+        )
+
+    assert marked == 2
+    assert [(j.status, j.percent, j.result, j.message) for j in map(reload, (running, pending))] == [
+        ("succeeded", 100, {"n": 1}, "Ready"),
+        ("succeeded", 100, {"n": 2}, "Ready"),
+    ]
+    assert (reload(ended).status, reload(ended).result) == ("failed", None)
+    assert len(published) == 1  # the followers of both jobs, in one hop after commit
+    assert jobs_succeed(results={}) == 0
+
+
+def test_jobs_progress_moves_the_running_jobs_only(db, org):
+    running, pending = new_job(org=org), new_job(org=org)
+    job_start(job_id=running.pk)
+
+    assert jobs_progress(job_ids=[running.pk, pending.pk], percent=140, message="Embedded 5/9 chunks") == 1
+
+    assert (reload(running).percent, reload(running).message) == (100, "Embedded 5/9 chunks")
+    assert (reload(pending).percent, reload(pending).status) == (0, "pending")
 
 
 def test_succeeded_job_is_terminal(db, org):

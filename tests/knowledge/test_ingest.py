@@ -361,3 +361,86 @@ def test_a_job_waiting_on_another_workers_bulk_ingests_the_kbs_other_pending_doc
     assert [Document.objects.get(pk=d.pk).status for d in pending] == ["ready", "ready"]
     assert Chunk.objects.filter(document__in=pending).count() >= 2
     assert Document.objects.get(pk=held.pk).attempts == 1
+
+
+# --- a bulk works in batches: statements per batch of documents, not per document ---------------
+
+
+def test_a_bulk_of_many_documents_costs_a_few_statements_per_batch_not_per_document(kb, owner):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    documents = _texts(kb, owner, 40)
+    with CaptureQueriesContext(connection) as queries:
+        assert ingest.ingest_document(documents[0].pk) == "ready"
+
+    assert [Document.objects.get(pk=d.pk).status for d in documents] == ["ready"] * 40
+    assert all(_job(d).status == "succeeded" and _job(d).result["chunks"] >= 1 for d in documents)
+    # Claims, chunks, full-text entries, states and jobs are written a batch at a time: about 18
+    # statements per document (over 700 here) before.
+    assert len(queries) < 80
+
+
+def test_a_bulk_claims_pending_documents_in_batches_skipping_held_ones_and_failing_exhausted_ones(
+    kb, owner, settings
+):
+    documents = _texts(kb, owner, 5)
+    assert ingest.claim(documents[1].pk) is not None  # another worker holds it
+    Document.objects.filter(pk=documents[2].pk).update(attempts=settings.KNOWLEDGE_MAX_ATTEMPTS)
+
+    first = ingest._claim_pending(kb.pk, 3)
+
+    assert [d.pk for d in first] == [documents[0].pk, documents[3].pk]
+    assert {(d.status, d.attempts) for d in first} == {("processing", 1)}
+    exhausted = Document.objects.get(pk=documents[2].pk)
+    assert (exhausted.status, exhausted.error_code) == ("failed", "ERR_TOO_MANY_ATTEMPTS")
+    assert [d.pk for d in ingest._claim_pending(kb.pk, 3)] == [documents[4].pk]
+    assert ingest._claim_pending(kb.pk, 3) == []
+
+
+def test_when_a_batch_cannot_be_stored_each_document_is_stored_alone_and_a_broken_one_fails_alone(
+    kb, owner, monkeypatch
+):
+    from django.db import DatabaseError
+
+    documents = _texts(kb, owner, 4)
+    broken = documents[2]
+    store = ingest._store_chunks
+
+    def refuse(drafted):
+        if len(drafted) > 1 or drafted[0][0].pk == broken.pk:
+            raise DatabaseError("value too long for type character varying(300)")
+        return store(drafted)
+
+    monkeypatch.setattr(ingest, "_store_chunks", refuse)
+    ingest.ingest_document(documents[0].pk)
+
+    broken.refresh_from_db()
+    assert (broken.status, broken.error_code) == ("failed", "ERR_INGEST_FAILED")
+    assert _job(broken).status == "failed"
+    assert not Chunk.objects.filter(document=broken).exists()
+    others = [d for d in documents if d.pk != broken.pk]
+    assert [Document.objects.get(pk=d.pk).status for d in others] == ["ready"] * 3
+    assert all(Chunk.objects.filter(document=d).exists() for d in others)
+
+
+def test_a_document_taken_over_during_a_bulk_is_left_to_its_new_owner_while_the_rest_finish(
+    kb, owner, monkeypatch
+):
+    from django.db.models import F
+
+    documents = _texts(kb, owner, 3)
+    lost = documents[1]
+    start = ingest._start_wave
+
+    def taken_over(group):  # presumed dead meanwhile: another worker claimed it again
+        Document.objects.filter(pk=lost.pk).update(attempts=F("attempts") + 1)
+        return start(group)
+
+    monkeypatch.setattr(ingest, "_start_wave", taken_over)
+    outcomes = ingest.ingest_documents([d.pk for d in documents])
+
+    assert [outcomes[str(d.pk)] for d in documents] == ["ready", None, "ready"]
+    lost.refresh_from_db()
+    assert (lost.status, lost.attempts, _job(lost).status) == ("processing", 2, "pending")
+    assert [_job(d).status for d in (documents[0], documents[2])] == ["succeeded", "succeeded"]
