@@ -269,7 +269,9 @@ def run_search(
     # of a 100k-chunk KB, ~40 ms) instead of looking the few ids up; the KB is checked here instead.
     rows = {
         row.pk: row
-        for row in Chunk.objects.filter(pk__in=[item[0] for item in fused]).select_related("document")
+        for row in Chunk.objects.filter(pk__in=[item[0] for item in fused])
+        .select_related("document")
+        .defer("document__text")  # a hit needs its document's title, not its whole text
         if row.kb_id == kb.pk
     }
     terms = query_terms(query)

@@ -622,7 +622,9 @@ def _finish_wave(wave: _Wave, outcomes: dict[str, str | None]) -> None:
         _finish_many(wave.group, embed_error)
     except Exception as exc:  # one at a time, each in a savepoint: a lost document fails alone
         if not isinstance(exc, _NotAllMine):
-            logger.warning("finishing a batch of %d documents failed; one by one", len(wave.group))
+            logger.warning(
+                "finishing a batch of %d documents failed; one by one", len(wave.group), exc_info=True
+            )
         with transaction.atomic():
             for document, rows in wave.group:
                 finish = functools.partial(_finish_atomic, document, rows, embed_error)
@@ -740,7 +742,9 @@ def _store_wave(
     try:
         stored = _store_chunks(drafted)
     except Exception:
-        logger.warning("storing a batch of %d documents failed; storing them one by one", len(drafted))
+        logger.warning(
+            "storing a batch of %d documents failed; storing them one by one", len(drafted), exc_info=True
+        )
         stored = []
         for document, drafts in drafted:
             ok, rows = _guarded(document, lambda d=document, c=drafts: _store_one(d, c))

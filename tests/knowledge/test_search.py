@@ -75,6 +75,21 @@ def test_results_carry_document_chunk_page_title_and_a_highlighted_snippet(kb, o
     assert "<mark>Sourdough</mark>" in hit.snippet
 
 
+def test_reading_the_hits_leaves_the_documents_whole_text_in_the_database(kb, owner):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    _fill(kb, owner)
+    with CaptureQueriesContext(connection) as queries:
+        (hit,) = search(kb=kb, query="sourdough", top_k=1)
+
+    assert (hit.title, hit.metadata["topic"]) == ("Bread", "bread")  # no query per hit for these
+    hits_read = [q["sql"] for q in queries if '"knowledge_chunk"."text"' in q["sql"] and "JOIN" in q["sql"]]
+    assert len(hits_read) == 1
+    assert '"knowledge_document"."title"' in hits_read[0]
+    assert '"knowledge_document"."text"' not in hits_read[0]
+
+
 def test_filters_by_document_and_metadata(kb, owner):
     docs = _fill(kb, owner)
     only = run_search(kb=kb, query="rises", filters={"document_ids": [str(docs["Bread"].pk)]})
