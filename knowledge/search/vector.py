@@ -11,11 +11,13 @@ at the sizes a KB reaches here.
 
 from __future__ import annotations
 
+import functools
 import threading
 import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
+from django.conf import settings
 
 from knowledge.models import ChunkEmbedding, IndexVersion
 
@@ -120,6 +122,19 @@ def forget(index_id: uuid.UUID) -> None:
     _cache.pop(index_id, None)
 
 
+@functools.cache
+def _limit_blas_threads() -> None:
+    """Set this process's BLAS threads to ``KNOWLEDGE_VECTOR_THREADS`` once, before the first ranking.
+
+    Process-wide, on purpose: a per-call limit is not thread-safe (two searches restoring each
+    other's saved value), and a server's concurrent requests want one thread each anyway.
+    """
+    if settings.KNOWLEDGE_VECTOR_THREADS > 0:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=settings.KNOWLEDGE_VECTOR_THREADS, user_api="blas")
+
+
 def rank(
     entry: _Entry, query_vector: np.ndarray, limit: int, document_ids: set[uuid.UUID] | None = None
 ) -> list[tuple[uuid.UUID, float]]:
@@ -132,6 +147,7 @@ def rank(
         return []
     if entry.matrix.shape[1] != query_vector.shape[0]:
         return []
+    _limit_blas_threads()
     scores = entry.matrix @ query_vector.astype(np.float32, copy=False)
     if document_ids is not None:
         allowed = np.zeros(len(entry.documents), dtype=bool)

@@ -90,6 +90,28 @@ def test_reading_the_hits_leaves_the_documents_whole_text_in_the_database(kb, ow
     assert '"knowledge_document"."text"' not in hits_read[0]
 
 
+@pytest.mark.parametrize(("setting", "threads"), [(1, 1), (0, 2)])
+def test_vector_ranking_runs_on_the_configured_blas_threads(vector_kb, owner, settings, setting, threads):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from knowledge.search import vector
+
+    _fill(vector_kb, owner)
+    settings.KNOWLEDGE_VECTOR_THREADS = setting
+    with threadpool_limits(limits=2, user_api="blas"):  # a known start; restored afterwards
+        vector._limit_blas_threads.cache_clear()
+        try:
+            assert search(kb=vector_kb, query="otters sleep", mode="vector", top_k=1)
+            blas = [  # numpy's own (torch sets its MKL's threads itself when the model loads)
+                pool["num_threads"]
+                for pool in threadpool_info()
+                if pool["user_api"] == "blas" and "numpy" in pool["filepath"]
+            ]
+        finally:
+            vector._limit_blas_threads.cache_clear()
+    assert blas and set(blas) == {threads}  # 0 leaves the library's own count
+
+
 def test_filters_by_document_and_metadata(kb, owner):
     docs = _fill(kb, owner)
     only = run_search(kb=kb, query="rises", filters={"document_ids": [str(docs["Bread"].pk)]})
