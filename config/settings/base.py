@@ -509,7 +509,7 @@ MEDIA_URL = "/media/"
 KNOWLEDGE_LEASE_SECONDS = env.int("KNOWLEDGE_LEASE_SECONDS", default=600)
 KNOWLEDGE_MAX_ATTEMPTS = env.int("KNOWLEDGE_MAX_ATTEMPTS", default=3)
 # A worker that takes a document also takes the pending documents of the same KB (a bulk upload),
-# claimed one by one as it goes (other workers claim from the same queue), up to this many in all
+# claimed a few at a time as it goes (other workers claim from the same queue), up to this many in all
 # (0: no count limit; a quarter of the task's soft time limit bounds it anyway), and ingests them in
 # waves whose embedding overlaps the next documents' parsing; 1 ingests every document on its own.
 # No count limit by default: the jobs of the documents a bulk took stay queued ahead of the rest of

@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -63,6 +63,18 @@ class LeaseLost(Exception):
 # --- the state machine -------------------------------------------------------------------------
 
 
+def _claimed_fields(now: datetime) -> dict[str, Any]:
+    """What a claim writes: this worker's attempt, counted, with a fresh lease and no old error."""
+    return {
+        "status": Document.Status.PROCESSING,
+        "attempts": F("attempts") + 1,
+        "lease_expires_at": now + timedelta(seconds=settings.KNOWLEDGE_LEASE_SECONDS),
+        "error_code": "",
+        "error_message": "",
+        "updated_at": now,
+    }
+
+
 def claim(document_id: uuid.UUID | str) -> Document | None:
     """Take the document for this worker, or None when it is not ours to take."""
     now = timezone.now()
@@ -71,14 +83,7 @@ def claim(document_id: uuid.UUID | str) -> Document | None:
         .filter(
             Q(status=Document.Status.PENDING) | Q(status=Document.Status.PROCESSING, lease_expires_at__lt=now)
         )
-        .update(
-            status=Document.Status.PROCESSING,
-            attempts=F("attempts") + 1,
-            lease_expires_at=now + timedelta(seconds=settings.KNOWLEDGE_LEASE_SECONDS),
-            error_code="",
-            error_message="",
-            updated_at=now,
-        )
+        .update(**_claimed_fields(now))
     )
     if not won:
         return None
@@ -97,16 +102,21 @@ def _renew(document: Document) -> None:
         raise LeaseLost()
 
 
+def _ids_by_attempt(documents: Iterable[Document]) -> dict[int, list[Any]]:
+    """The documents' ids by attempt number: a batch's writes check each claim in one statement."""
+    by_attempt: dict[int, list[Any]] = {}
+    for document in documents:
+        by_attempt.setdefault(document.attempts, []).append(document.pk)
+    return by_attempt
+
+
 def _renew_all(documents: list[Document]) -> None:
     """``_renew`` of many documents in one UPDATE per attempt number; LeaseLost if any was lost."""
     if len(documents) == 1:
         _renew(documents[0])
         return
     lease = timezone.now() + timedelta(seconds=settings.KNOWLEDGE_LEASE_SECONDS)
-    by_attempt: dict[int, list[Any]] = {}
-    for document in documents:
-        by_attempt.setdefault(document.attempts, []).append(document.pk)
-    for attempts, ids in by_attempt.items():
+    for attempts, ids in _ids_by_attempt(documents).items():
         renewed = Document.objects.filter(
             pk__in=ids, status=Document.Status.PROCESSING, attempts=attempts
         ).update(lease_expires_at=lease, updated_at=timezone.now())
@@ -413,12 +423,9 @@ class _NotAllMine(Exception):
 def _finish_many(group: list[tuple[Document, list[Chunk]]], embed_error: tuple[str, str] | None) -> None:
     """:func:`_finish` of a wave's documents (one KB): one UPDATE per attempt number, one for the
     jobs; raises ``_NotAllMine`` (rolled back) when any of them is no longer ours."""
-    by_attempt: dict[int, list[Any]] = {}
-    for document, _ in group:
-        by_attempt.setdefault(document.attempts, []).append(document.pk)
     fields = _ready_fields(group[0][0], embed_error)
     with transaction.atomic():
-        for attempts, ids in by_attempt.items():
+        for attempts, ids in _ids_by_attempt(document for document, _ in group).items():
             updated = Document.objects.filter(
                 pk__in=ids, status=Document.Status.PROCESSING, attempts=attempts
             ).update(**fields)
@@ -475,14 +482,7 @@ def _claim_pending(kb_id: Any, limit: int) -> list[Document]:
         )
         if not ids:
             return []
-        Document.objects.filter(pk__in=ids, status=Document.Status.PENDING).update(
-            status=Document.Status.PROCESSING,
-            attempts=F("attempts") + 1,
-            lease_expires_at=now + timedelta(seconds=settings.KNOWLEDGE_LEASE_SECONDS),
-            error_code="",
-            error_message="",
-            updated_at=now,
-        )
+        Document.objects.filter(pk__in=ids, status=Document.Status.PENDING).update(**_claimed_fields(now))
     claimed = []
     for document in Document.objects.select_related("kb", "org").filter(pk__in=ids).order_by("created_at"):
         if not _gave_up(document):
