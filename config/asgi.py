@@ -4,13 +4,18 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
 
+import django  # noqa: E402
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
-from django.core.asgi import get_asgi_application  # noqa: E402
 
-django_asgi_app = get_asgi_application()
+django.setup(set_prefix=False)  # as django.core.asgi.get_asgi_application does
+
+from core.middleware.inline import InlineASGIHandler  # noqa: E402  (after setup)
+
+# Django's ASGI handler, with Django's own middleware run on the loop (core.middleware.inline).
+django_asgi_app = InlineASGIHandler()
 
 from config.routing import websocket_urlpatterns  # noqa: E402  (needs the app registry)
 

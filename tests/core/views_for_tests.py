@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import time
 
+from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse
 from django.urls import include, path
+from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_POST
 from rest_framework import generics, serializers
 from rest_framework.parsers import MultiPartParser
@@ -123,6 +125,28 @@ def plain_post_only(request):
     return HttpResponse("ok")
 
 
+def session_write(request):
+    """Stores a value in the session and queues a message (both saved by their middleware)."""
+    request.session["note"] = request.GET.get("note", "hello")
+    messages.info(request, "saved")
+    return HttpResponse("ok")
+
+
+def session_read(request):
+    """Reads the session back, and the messages queued by the last request."""
+    queued = [str(message) for message in messages.get_messages(request)]
+    return HttpResponse(f"{request.session.get('note', '')}|{','.join(queued)}")
+
+
+@ensure_csrf_cookie
+def csrf_cookie(request):
+    return HttpResponse("ok")
+
+
+def csrf_checked_post(request):
+    return HttpResponse("posted" if request.method == "POST" else "ok")
+
+
 test_patterns = [
     path("echo", EchoView.as_view()),
     path("boom", BoomView.as_view()),
@@ -133,6 +157,10 @@ test_patterns = [
     path("jobs", JobList.as_view()),
     path("jobs-cursor", JobCursorList.as_view()),
     path("plain", plain_post_only),
+    path("session-write", session_write),
+    path("session-read", session_read),
+    path("csrf-cookie", csrf_cookie),
+    path("csrf-post", csrf_checked_post),
 ]
 
 urlpatterns = [path("api/v1/_test/", include(test_patterns))]
