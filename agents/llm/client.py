@@ -28,6 +28,7 @@ Three things differ from a stock ``AsyncOpenAI`` because they sit on the path of
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -85,6 +86,10 @@ def parse_headers(raw: str) -> dict[str, str]:
 CONNECTION_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
 
 
+# How long a finished stream may take to send the rest of its body (see ChunkStream._drain).
+DRAIN_SECONDS = 0.5
+
+
 class Fields(dict):
     """A JSON object whose fields read as attributes; a missing field reads ``None``."""
 
@@ -129,7 +134,8 @@ class ChunkStream:
     async def __aiter__(self) -> AsyncIterator[Fields]:
         event: str | None = None
         data: list[str] = []
-        async for line in self.response.aiter_lines():
+        lines = self.response.aiter_lines()
+        async for line in lines:
             if line:
                 field_name, _, value = line.partition(":")
                 value = value[1:] if value.startswith(" ") else value
@@ -141,11 +147,24 @@ class ChunkStream:
             if data:
                 payload = "\n".join(data)
                 if payload.startswith("[DONE]"):
+                    await self._drain(lines)
                     return
                 yield self._chunk(event, payload)
             event, data = None, []
         if data and not data[0].startswith("[DONE]"):  # a last event with no blank line after it
             yield self._chunk(event, "\n".join(data))
+
+    async def _drain(self, lines: AsyncIterator[str]) -> None:
+        """Read what follows ``[DONE]`` (the end of the chunked body, normally already received),
+        for a little while at most: a response read to its end gives its connection back to the
+        pool, one closed early takes it down, and the next call pays a new connection (a TLS
+        handshake to a real provider) before its first token."""
+        try:
+            async with asyncio.timeout(DRAIN_SECONDS):
+                async for _line in lines:
+                    pass
+        except (TimeoutError, httpx.HTTPError):
+            pass  # close() drops the connection instead
 
     async def close(self) -> None:
         await self.response.aclose()

@@ -187,3 +187,39 @@ async def _wait_for_abort(fake_upstream, key: str) -> bool:
             return True
         await asyncio.sleep(0.05)
     return False
+
+
+def test_a_stream_read_to_its_end_gives_its_connection_back_for_the_next_call(fake_upstream, allow_loopback):
+    """A provider that keeps connections alive serves the next call on the same one: the stream is
+    read past ``[DONE]`` to the end of its body before it is closed (a connection closed early is
+    dropped, and the next call would pay a new one, a TLS handshake with a real provider)."""
+    client = make_client(
+        ResolvedProvider(
+            source="org",
+            provider_type="openai_compat",
+            api_base=fake_upstream.base_url,
+            api_key="sk-keep-alive",
+            extra_headers={"X-Fake-Keep-Alive": "1"},
+        )
+    )
+    before = fake_upstream.stats["connections"]
+
+    async def go():
+        try:
+            texts = []
+            for word in ("one", "two", "three"):
+                stream = await client.stream_chat_completion(
+                    {"model": "fake", "messages": [{"role": "user", "content": word}]}
+                )
+                try:
+                    texts.append(
+                        "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+                    )
+                finally:
+                    await stream.close()
+            return texts
+        finally:
+            await client.close()
+
+    assert asyncio.run(go()) == ["echo: one", "echo: two", "echo: three"]
+    assert fake_upstream.stats["connections"] - before == 1

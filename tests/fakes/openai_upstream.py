@@ -36,8 +36,13 @@ requested ``response_format`` and the matching Content-Type. Both honour the ``f
 An API key beginning with ``fail-401`` / ``fail-403`` answers that status on every endpoint
 (for key probes against ``/v1/models``).
 
+A stream ends by closing its connection, unless the request carries ``X-Fake-Keep-Alive: 1``: then
+it is sent with chunked encoding and the connection stays open for the next request, as real
+providers do.
+
 ``FakeUpstream().stats`` counts requests, finished streams and aborted streams (the client went
-away mid-answer), overall and per fail key (``requests_by_key``, ``aborted_by_key``).
+away mid-answer), overall and per fail key (``requests_by_key``, ``aborted_by_key``), and the
+connections accepted (``connections``).
 """
 
 import email.policy
@@ -183,6 +188,10 @@ class H(BaseHTTPRequestHandler):
 
     def log_message(self, *a):
         pass
+
+    def setup(self):
+        super().setup()
+        self._count("connections")
 
     def parse_request(self):
         ok = super().parse_request()
@@ -456,7 +465,8 @@ class H(BaseHTTPRequestHandler):
         return self._stream(body, model, mode, text, tool_calls, finish, usage)
 
     def _stream(self, body, model, mode, text, tool_calls, finish, usage):
-        chunked = mode == "drop-midway"
+        keep_alive = self.headers.get("X-Fake-Keep-Alive") == "1"
+        chunked = mode == "drop-midway" or keep_alive
         default_delay = "0.05" if mode == "slow" else "0.01"
         delay = float(self.headers.get("X-Fake-Delay", default_delay))
         self.send_response(200)
@@ -517,7 +527,7 @@ class H(BaseHTTPRequestHandler):
         if chunked:
             self._write(b"0\r\n\r\n")
         self._count("completed_streams")
-        self.close_connection = True
+        self.close_connection = not keep_alive
 
 
 class Server(ThreadingHTTPServer):
