@@ -40,13 +40,23 @@ def cached_lookup_counting(
 ) -> tuple[Any, int | None, int | None]:
     """:func:`cached_lookup` plus the rate-limit count of ``counter`` (see
     ``core.throttling.get_many_and_count``), still in one cache round trip."""
-    entry_key = _entry_key(public_id)
-    found, count = get_many_and_count([GENERATION_KEY, entry_key], counter)
+    found, count = get_many_and_count(lookup_keys(public_id), counter)
+    key, generation = lookup_from(found, public_id)
+    return key, generation, count
+
+
+def lookup_keys(public_id: str) -> list[str]:
+    """The cache keys one lookup reads (the generation and the entry)."""
+    return [GENERATION_KEY, _entry_key(public_id)]
+
+
+def lookup_from(found: dict, public_id: str) -> tuple[Any, int | None]:
+    """(cached key row or None, current generation) from what :func:`lookup_keys` read."""
     generation = found.get(GENERATION_KEY)
-    entry = found.get(entry_key)
+    entry = found.get(_entry_key(public_id))
     if generation is not None and entry is not None and entry[0] == generation:
-        return entry[1], generation, count
-    return None, generation, count
+        return entry[1], generation
+    return None, generation
 
 
 def store(public_id: str, key: Any, generation: int | None) -> None:

@@ -67,19 +67,11 @@ def _reject(kind: str, message: str, *, key: ApiKey | None = None, identifier: s
     raise KeyAuthenticationFailed(message, code=code)
 
 
-def authenticate_key(raw: str, *, request=None) -> ApiKey:
-    """Check a presented key; return its row (with ``member_role``) or raise a 401 error. With the
-    DRF ``request``, its rate-limit count is taken in the same cache round trip as the lookup."""
-    parsed = keys.parse_key(raw)
-    if parsed is None:
-        _reject(SecurityEvent.Kind.KEY_INVALID, "Invalid API key.", identifier=raw[:16])
-    counter = throttling.key_counter(request, parsed.public_id) if request is not None else None
-    key, count = api_key_for_auth_counting(public_id=parsed.public_id, counter=counter)
-    if count is not None:  # there was a counter to count
-        throttling.remember_count(request, counter, count)
+def key_refusal(parsed: keys.ParsedKey, key: ApiKey | None, now) -> tuple[str, str, str | None] | None:
+    """Why the looked-up ``key`` may not be used with the presented ``parsed`` key, as (security
+    event kind, message, error code); None when it may. Reads nothing: the row has what it needs."""
     if key is None or key.kind != parsed.kind:
-        _reject(SecurityEvent.Kind.KEY_INVALID, "Invalid API key.", identifier=parsed.public_id)
-    now = timezone.now()
+        return SecurityEvent.Kind.KEY_INVALID, "Invalid API key.", None
     current = keys.secret_matches(parsed.secret, key.secret_hash)
     in_grace = (
         not current
@@ -88,28 +80,56 @@ def authenticate_key(raw: str, *, request=None) -> ApiKey:
         and keys.secret_matches(parsed.secret, key.previous_secret_hash)
     )
     if not (current or in_grace):
-        _reject(SecurityEvent.Kind.KEY_INVALID, "Invalid API key.", key=key)
+        return SecurityEvent.Kind.KEY_INVALID, "Invalid API key.", None
     if key.revoked_at is not None or not key.is_active:
-        _reject(SecurityEvent.Kind.KEY_REVOKED, "This API key was revoked.", key=key, code="ERR_KEY_REVOKED")
+        return SecurityEvent.Kind.KEY_REVOKED, "This API key was revoked.", "ERR_KEY_REVOKED"
     if key.expires_at is not None and key.expires_at <= now:
-        _reject(SecurityEvent.Kind.KEY_EXPIRED, "This API key has expired.", key=key, code="ERR_KEY_EXPIRED")
+        return SecurityEvent.Kind.KEY_EXPIRED, "This API key has expired.", "ERR_KEY_EXPIRED"
     if key.user is not None and not key.user.is_active:
-        _reject(SecurityEvent.Kind.KEY_REVOKED, "The key's user is deactivated.", key=key)
+        return SecurityEvent.Kind.KEY_REVOKED, "The key's user is deactivated.", None
     if key.org.deletion_requested_at is not None:
-        _reject(SecurityEvent.Kind.KEY_REVOKED, "The key's organisation is being deleted.", key=key)
+        return SecurityEvent.Kind.KEY_REVOKED, "The key's organisation is being deleted.", None
     if effective_role(key) is None:
-        _reject(
+        return (
             SecurityEvent.Kind.KEY_REVOKED,
             "The key's user is no longer a member of its organisation.",
-            key=key,
-            code="ERR_KEY_REVOKED",
+            "ERR_KEY_REVOKED",
         )
+    return None
+
+
+def authenticate_key(raw: str, *, request=None) -> ApiKey:
+    """Check a presented key; return its row (with ``member_role``) or raise a 401 error. With the
+    DRF ``request``, its rate-limit count is taken in the same cache round trip as the lookup
+    (unless it was counted already, on the event loop: ``accounts.loop_auth``)."""
+    parsed = keys.parse_key(raw)
+    if parsed is None:
+        _reject(SecurityEvent.Kind.KEY_INVALID, "Invalid API key.", identifier=raw[:16])
+    counter = throttling.key_counter(request, parsed.public_id) if request is not None else None
+    if counter is not None and throttling.already_counted(request, counter):
+        counter = None
+    key, count = api_key_for_auth_counting(public_id=parsed.public_id, counter=counter)
+    if count is not None:  # there was a counter to count
+        throttling.remember_count(request, counter, count)
+    now = timezone.now()
+    refusal = key_refusal(parsed, key, now)
+    if refusal is not None:
+        kind, message, code = refusal
+        if key is None or key.kind != parsed.kind:
+            _reject(kind, message, identifier=parsed.public_id, code=code)
+        _reject(kind, message, key=key, code=code)
     _stamp_last_used(key, now)
     return key
 
 
 # When this process last asked the cache about each key's last_used_at (monotonic seconds).
 _last_used_asked: dict[Any, float] = {}
+
+
+def last_used_stamp_due(key: ApiKey) -> bool:
+    """Whether this process would ask the cache about ``key``'s ``last_used_at`` now."""
+    asked_at = _last_used_asked.get(key.pk)
+    return asked_at is None or time.monotonic() - asked_at >= LAST_USED_RESOLUTION.total_seconds()
 
 
 def _stamp_last_used(key: ApiKey, now) -> None:

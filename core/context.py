@@ -92,6 +92,14 @@ def channel_scope(channel: str, *, request_id: str | None = None) -> Iterator[Re
         _context.reset(token)
 
 
+def adopt(channel: str, *, request_id: str | None = None, api_key_id=None) -> None:
+    """Bind a fresh context for the rest of the current task: for a stream's body, which is sent
+    after the request's middleware has unbound the request's own context, in the same task."""
+    _context.set(
+        RequestContext(request_id=request_id or uuid.uuid4().hex, channel=channel, api_key_id=api_key_id)
+    )
+
+
 def note_api_key(key_id) -> None:
     """Record the API key the request authenticated with (for audit rows and logs)."""
     ctx = _context.get()

@@ -13,12 +13,19 @@ path of every API request, one Redis round trip instead of two.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from django.conf import settings
 from django.core.cache import caches
+from django.core.cache.backends.locmem import LocMemCache
 from django.core.cache.backends.redis import RedisCache
+from redis.exceptions import RedisError
 from rest_framework.throttling import BaseThrottle
+
+from core import aredis
+
+logger = logging.getLogger(__name__)
 
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -78,6 +85,38 @@ def get_many_and_count(keys: list[str], counter: tuple[str, int] | None) -> tupl
     return found, int(count)
 
 
+async def aget_many_and_count(
+    keys: list[str], counter: tuple[str, int] | None
+) -> tuple[dict, int | None] | None:
+    """:func:`get_many_and_count` for the event loop: on Redis through an asyncio client (one
+    round trip, the loop never blocks), on the in-memory cache directly (nothing to wait for);
+    None for any other cache, whose calls would block the loop."""
+    backend = caches["default"]
+    if isinstance(backend, LocMemCache):
+        return get_many_and_count(keys, counter)
+    if not isinstance(backend, RedisCache):
+        return None
+    full_keys = {backend.make_and_validate_key(key): key for key in keys}
+    pipe = aredis.client().pipeline(transaction=False)
+    pipe.mget(list(full_keys))
+    if counter is not None:
+        full_counter = backend.make_and_validate_key(counter[0])
+        pipe.set(full_counter, 0, ex=counter[1], nx=True)
+        pipe.incr(full_counter)
+    try:
+        replies = await pipe.execute()
+    except RedisError:
+        logger.warning("the cache could not be read from the loop; the view's thread reads it", exc_info=True)
+        return None
+    loads = backend._cache._serializer.loads
+    found = {
+        key: loads(value)
+        for key, value in zip(full_keys.values(), replies[0], strict=True)
+        if value is not None
+    }
+    return found, (int(replies[2]) if counter is not None else None)
+
+
 def _window(rates: dict, scope: str) -> tuple[int, int, int, float]:
     """(limit, period, window number, seconds left in it) of ``scope`` now."""
     limit, period = parse_rate(rates.get(scope) or settings.RATE_LIMITS[scope])
@@ -100,7 +139,12 @@ def key_counter(request, public_id: str) -> tuple[str, int] | None:
     """The (counter key, timeout) this request of the API key ``public_id`` will be counted under,
     for authentication to count it with the key's lookup; None when its view is not rate limited."""
     view = (getattr(request, "parser_context", None) or {}).get("view")
-    if view is None or not _throttled(view):
+    return None if view is None else key_counter_for(view, public_id)
+
+
+def key_counter_for(view, public_id: str) -> tuple[str, int] | None:
+    """:func:`key_counter` for a view (class or instance) rather than a request."""
+    if not _throttled(view):
         return None
     rates = getattr(view, "throttle_scope_rates", None) or settings.RATE_LIMITS
     _limit, period, window, _left = _window(rates, "key")
@@ -110,6 +154,21 @@ def key_counter(request, public_id: str) -> tuple[str, int] | None:
 def remember_count(request, counter: tuple[str, int], count: int) -> None:
     """Hand the count :func:`get_many_and_count` made to this request's throttle."""
     request._rate_counted = (counter[0], count)
+
+
+def already_counted(request, counter: tuple[str, int]) -> bool:
+    """Whether this request was counted under ``counter`` already (its throttle will use that)."""
+    counted = getattr(request, "_rate_counted", None)
+    return counted is not None and counted[0] == counter[0]
+
+
+def key_limit_allows(view, count: int) -> bool:
+    """Whether ``count`` requests of an API key are within the key limit of ``view``'s window."""
+    if not _throttled(view):
+        return True
+    rates = getattr(view, "throttle_scope_rates", None) or settings.RATE_LIMITS
+    limit, _period, _window_number, _left = _window(rates, "key")
+    return count <= limit
 
 
 def caller_identity(request, ident: str) -> tuple[str, str]:

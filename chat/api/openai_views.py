@@ -107,6 +107,26 @@ class OpenAIView(OwnThreadMixin, TenantAPIView):
             api_key_id=key.pk if key is not None else None,
         )
 
+    async def stream_target(self, request, model: str):
+        """The target of a stream served on the loop, or None to leave the request to the thread
+        (which answers its error)."""
+        try:
+            return await openai_compat.atarget_resolve(
+                org=request.org, user=request.user, role=request.role, api_key=_api_key(request), model=model
+            )
+        except ApplicationError:
+            return None
+
+    def stream_here(self, request, target, messages, options):
+        key = _api_key(request)
+        return openai_compat.stream_events_here(
+            target,
+            messages,
+            options=options,
+            request_id=getattr(request, "request_id", None),
+            api_key_id=key.pk if key is not None else None,
+        )
+
 
 class ChatCompletionsView(OpenAIView):
     """``POST /v1/chat/completions``."""
@@ -140,20 +160,44 @@ class ChatCompletionsView(OpenAIView):
         data = serializer.validated_data
         messages = openai_compat.validate_messages(data["messages"])
         target = self.target(request, data["model"])
-        max_tokens = data.get("max_completion_tokens") or data.get("max_tokens")
-        options = {
-            "tools": data.get("tools") or None,
-            "temperature": data.get("temperature"),
-            "max_tokens": max_tokens,
-            "extra": {name: data[name] for name in CHAT_PASSTHROUGH if data.get(name) is not None},
-        }
+        options = _chat_options(data)
         if data["stream"]:
-            include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
             events = self.stream(request, target, messages, options)
-            frames = chat_completion_frames(events, model=target.label, include_usage=include_usage)
-            return sse_response(frames, kind="openai")
+            return _chat_stream_response(events, target, data)
         outcome = openai_compat.run_sync(target, messages, options=options)
         return Response(chat_completion(model=target.label, outcome=outcome))
+
+    async def loop_post(self, request):
+        """A valid streamed completion, served on the loop (``chat.api.own_thread``); the rest is
+        left to :meth:`post`."""
+        serializer = ChatCompletionInputSerializer(data=request.data)
+        if not serializer.is_valid() or not serializer.validated_data["stream"]:
+            return None
+        data = serializer.validated_data
+        try:
+            messages = openai_compat.validate_messages(data["messages"])
+        except ApplicationError:
+            return None
+        target = await self.stream_target(request, data["model"])
+        if target is None:
+            return None
+        events = self.stream_here(request, target, messages, _chat_options(data))
+        return _chat_stream_response(events, target, data)
+
+
+def _chat_options(data: dict) -> dict:
+    return {
+        "tools": data.get("tools") or None,
+        "temperature": data.get("temperature"),
+        "max_tokens": data.get("max_completion_tokens") or data.get("max_tokens"),
+        "extra": {name: data[name] for name in CHAT_PASSTHROUGH if data.get(name) is not None},
+    }
+
+
+def _chat_stream_response(events, target, data: dict):
+    include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+    frames = chat_completion_frames(events, model=target.label, include_usage=include_usage)
+    return sse_response(frames, kind="openai")
 
 
 class ResponsesView(OpenAIView):
@@ -187,12 +231,7 @@ class ResponsesView(OpenAIView):
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         messages = responses_messages(data["input"], data.get("instructions"))
-        options = {
-            "tools": responses_tools(data.get("tools")),
-            "temperature": data.get("temperature"),
-            "max_tokens": data.get("max_output_tokens"),
-            "extra": responses_extra(data),
-        }
+        options = _responses_options(data)
         target = self.target(request, data["model"])
         builder = ResponseBuilder(model=target.label, data=data)
         if data["stream"]:
@@ -200,6 +239,34 @@ class ResponsesView(OpenAIView):
             return sse_response(response_frames(events, builder=builder), kind="openai")
         outcome = openai_compat.run_sync(target, messages, options=options)
         return Response(builder.finish(outcome))
+
+    async def loop_post(self, request):
+        """A valid streamed response, served on the loop (``chat.api.own_thread``); the rest is
+        left to :meth:`post`."""
+        serializer = ResponseInputSerializer(data=request.data)
+        if not serializer.is_valid() or not serializer.validated_data["stream"]:
+            return None
+        data = serializer.validated_data
+        try:
+            messages = responses_messages(data["input"], data.get("instructions"))
+            options = _responses_options(data)
+        except ApplicationError:
+            return None
+        target = await self.stream_target(request, data["model"])
+        if target is None:
+            return None
+        builder = ResponseBuilder(model=target.label, data=data)
+        events = self.stream_here(request, target, messages, options)
+        return sse_response(response_frames(events, builder=builder), kind="openai")
+
+
+def _responses_options(data: dict) -> dict:
+    return {
+        "tools": responses_tools(data.get("tools")),
+        "temperature": data.get("temperature"),
+        "max_tokens": data.get("max_output_tokens"),
+        "extra": responses_extra(data),
+    }
 
 
 def _model_row(agent, org) -> dict:

@@ -1,4 +1,13 @@
-"""Sync DRF views on the path to a stream's first token, run in a worker thread of their own.
+"""DRF views on the path to a stream's first token: on the event loop when they can, else in a
+worker thread of their own.
+
+A view class that defines ``async def loop_post(request)`` serves the requests it can settle
+without blocking on the server's loop, with no thread at all: API-key authentication through
+``accounts.loop_auth``, then DRF's own ``initial`` (negotiation, permissions, throttles: nothing
+there reads the database once the key is known) and the handler, which answers the response or
+None. Anything else (no settled key, a refusal, an invalid body, a request the handler leaves to
+the thread) runs the view as below, which answers errors exactly as before; nothing has been
+written or started on the loop by then.
 
 Under an ASGI server Django runs every sync view in one thread that the whole process shares with
 every thread-sensitive ``sync_to_async`` call (the database work of agent runs, usage settlement,
@@ -34,12 +43,41 @@ def _view_executor() -> ThreadPoolExecutor:
     return _executor
 
 
+async def _on_loop(cls, initkwargs: dict, request, args, kwargs):
+    """The response of ``cls.loop_post`` for ``request`` served on the loop, or None (see the
+    module doc)."""
+    from rest_framework.exceptions import APIException
+
+    from accounts import loop_auth
+    from core.errors import ApplicationError
+
+    key = await loop_auth.aauthenticate(request, cls)
+    if key is None:
+        return None
+    self = cls(**initkwargs)
+    self.setup(request, *args, **kwargs)
+    self.args, self.kwargs = args, kwargs
+    drf_request = self.initialize_request(request, *args, **kwargs)
+    self.request = drf_request
+    self.headers = self.default_response_headers
+    loop_auth.bind(drf_request, key)
+    try:
+        self.initial(drf_request, *args, **kwargs)
+        response = await self.loop_post(drf_request, *args, **kwargs)
+    except (APIException, ApplicationError):
+        return None  # the thread answers it, as it answers any other refusal
+    if response is None:
+        return None
+    return self.finalize_response(drf_request, response, *args, **kwargs)
+
+
 class OwnThreadMixin:
     """See the module doc; put it first in the bases of an ``APIView``."""
 
     @classmethod
     def as_view(cls, **initkwargs):
         view = super().as_view(**initkwargs)
+        on_loop = hasattr(cls, "loop_post")
 
         def run(request, *args, **kwargs):
             try:
@@ -53,6 +91,10 @@ class OwnThreadMixin:
         async def async_view(request, *args, **kwargs):
             if on_short_lived_loop():  # a sync caller: its thread, its connection (and test transaction)
                 return await sync_to_async(view)(request, *args, **kwargs)
+            if on_loop and request.method == "POST":
+                response = await _on_loop(cls, initkwargs, request, args, kwargs)
+                if response is not None:
+                    return response
             in_own_thread = sync_to_async(run, thread_sensitive=False, executor=_view_executor())
             return await in_own_thread(request, *args, **kwargs)
 

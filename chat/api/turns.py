@@ -27,7 +27,8 @@ from chat.selectors.messages import message_dict, turn_message_get
 from chat.services import turns
 from chat.services.feedback import feedback_upsert
 from core import context as request_context
-from core.errors import ValidationError
+from core.db_threads import run_db
+from core.errors import ApplicationError, ValidationError
 from core.sse import KEEPALIVE, EventStreamRenderer, sse_frame, sse_response
 
 from .own_thread import OwnThreadMixin
@@ -121,13 +122,44 @@ class ChatTurnView(OwnThreadMixin, JsonErrorsMixin, TenantAPIView):
             channel=channel,
             on_disconnect=data["on_disconnect"],
         )
-        frames = turn_frames(
-            message_id=started.message_id, cancel_on_disconnect=data["on_disconnect"] == "cancel"
-        )
-        response = sse_response(frames, kind="chat")
-        response["X-Conversation-Id"] = str(started.conversation_id)
-        response["X-Message-Id"] = str(started.message_id)
-        return response
+        return _turn_response(started, data)
+
+    async def loop_post(self, request):
+        """A valid turn through an API key, started on the loop (``chat.api.own_thread``): the
+        agent is read on a pool thread, the turn started with ``astart_turn``. Anything it would
+        refuse is left to :meth:`post` (nothing is written or started before it is refused)."""
+        body = ChatTurnInputSerializer(data=request.data)
+        if not body.is_valid():
+            return None
+        data = body.validated_data
+        request_context.set_channel("api")
+        try:
+            agent = await run_db(
+                turns.resolve_agent,
+                org=request.org, user=request.user, agent=data["agent"], viewer=viewer_of(request),
+            )  # fmt: skip
+            started = await turns.astart_turn(
+                org=request.org,
+                user=request.user,
+                agent=agent,
+                message=data["message"],
+                conversation_id=data.get("conversation_id"),
+                channel="api",
+                on_disconnect=data["on_disconnect"],
+            )
+        except ApplicationError:
+            return None
+        return _turn_response(started, data)
+
+
+def _turn_response(started, data: dict):
+    frames = turn_frames(
+        message_id=started.message_id, cancel_on_disconnect=data["on_disconnect"] == "cancel"
+    )
+    response = sse_response(frames, kind="chat")
+    response["X-Conversation-Id"] = str(started.conversation_id)
+    response["X-Message-Id"] = str(started.message_id)
+    return response
 
 
 def _after_seq(request) -> int:

@@ -95,6 +95,15 @@ def target_resolve(*, org, user, role: str | None, api_key: ApiKey | None, model
     return Target(org=org, user=user, label=model, model=model)
 
 
+async def atarget_resolve(*, org, user, role: str | None, api_key: ApiKey | None, model: str) -> Target:
+    """:func:`target_resolve` on the event loop: an agent is read on a pool thread."""
+    from core.db_threads import run_db
+
+    if model.startswith(AGENT_PREFIX) or (api_key is not None and api_key.kind == ApiKey.Kind.AGENT):
+        return await run_db(target_resolve, org=org, user=user, role=role, api_key=api_key, model=model)
+    return target_resolve(org=org, user=user, role=role, api_key=api_key, model=model)
+
+
 def providers_warm(target: Target) -> None:
     """Read the org's providers into the choke point's resolution cache now, from the view, so
     that hundreds of streams starting at once do not each take a database connection for it
@@ -283,6 +292,26 @@ def run_sync(target: Target, messages: list[dict], *, options: dict[str, Any] | 
                 await aclose_clients()
 
     return async_to_sync(run)()
+
+
+async def stream_events_here(
+    target: Target,
+    messages: list[dict],
+    *,
+    options: dict[str, Any] | None = None,
+    request_id: str | None = None,
+    api_key_id: Any = None,
+) -> AsyncIterator[Event]:
+    """The events of a streamed run, produced as they are read, in the reader's own task: for an
+    async view on the server's loop, whose response body is that task (no producer task, no queue
+    between the upstream's chunk and the client's frame). The run starts at the first read; an
+    error reaches the reader as the ApplicationError it was; closing the generator (the client went
+    away: Django cancels the task) closes the upstream call at once."""
+    context.adopt(CHANNEL, request_id=request_id, api_key_id=api_key_id)
+    events = run_events(target, messages, stream=True, options=options)
+    async with contextlib.aclosing(events):
+        async for event in events:
+            yield event
 
 
 UNCLAIMED_STREAM_SECONDS = 30.0

@@ -203,3 +203,42 @@ def test_a_disconnect_cancels_a_raw_stream_too(client, org, fake_upstream):
     stream.close()
 
     assert wait_for(lambda: fake_upstream.aborted_for(f"Bearer {provider.api_key}") == 1)
+
+
+@pytest.fixture(scope="module")
+def limited_server(tmp_path_factory, django_db_setup, django_db_blocker):
+    """A server whose API keys may make three requests a minute."""
+    env = {"OUTBOUND_ALLOWED_HOSTS": "127.0.0.1,localhost", "TEST_RATE_LIMIT_KEY": "3/minute"}
+    with (
+        django_db_blocker.unblock(),
+        run_asgi_server(log_dir=tmp_path_factory.mktemp("daphne-limited"), extra_env=env) as running,
+    ):
+        yield running
+
+
+def test_streams_served_on_the_loop_match_the_threads_and_count_once_each(limited_server, raw_key, agent):
+    """The first streams of a key run in the view's thread (until its lookup is cached); the next
+    ones on the server's loop (``chat.api.own_thread``). They answer alike, each request counts once
+    against the key's limit whichever way it went, and the one over the limit gets OpenAI's 429."""
+    with openai.OpenAI(
+        base_url=f"{limited_server.base_url}/v1", api_key=raw_key, max_retries=0, timeout=30
+    ) as sdk:
+        answers = []
+        for model in ("fake", f"agent:{agent.key}", "fake"):
+            stream = sdk.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "on the loop"}], stream=True,
+                stream_options={"include_usage": True},
+            )  # fmt: skip
+            chunks = list(stream)
+            answers.append(
+                ("".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks[-1])
+            )
+        with pytest.raises(openai.RateLimitError) as refused:
+            sdk.chat.completions.create(
+                model="fake", messages=[{"role": "user", "content": "one too many"}], stream=True
+            )
+
+    assert [text for text, _last in answers] == ["echo: on the loop"] * 3
+    assert all(last.usage is not None and last.usage.completion_tokens > 0 for _text, last in answers)
+    assert refused.value.status_code == 429
+    assert refused.value.body["code"] == "rate_limit_exceeded"

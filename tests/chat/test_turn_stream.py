@@ -19,6 +19,7 @@ from chat.models import Message, MessageEvent
 from tests.chat.conftest import (
     api_key_for,
     make_agent,
+    make_conversation,
     make_provider,
     parse_sse,
     post_event_stream,
@@ -106,6 +107,54 @@ def test_a_turn_streams_start_deltas_usage_and_end_and_stores_the_answer(
     assert [int(e["id"]) for e in parse_sse(replay.text)] == list(range(3, len(events) + 1))
     assert [e["event"] for e in parse_sse(again.text)] == names
     assert after_end.status_code == 200 and parse_sse(after_end.text) == []
+
+
+def test_turns_started_on_the_loop_open_and_continue_conversations_like_the_first(
+    tmp_path, org, member, owner, fake_upstream
+):
+    """The first turns of a key run in the view's thread, until its lookup is cached (the very
+    first read also learns the cache's generation); the next ones start on the server's loop
+    (``chat.api.own_thread``): opening a conversation, continuing it. What they refuse (an agent
+    or a conversation the caller may not see, a bad body) the thread answers as before, with
+    nothing written."""
+    agent = make_agent(org, make_provider(org, fake_upstream))
+    raw = api_key_for(org, member)
+    theirs = make_conversation(org, owner, agent, messages=[("user", "mine")])
+    url = None
+
+    def turn(server, body):
+        with post_event_stream(url, body=body, headers=_bearer(raw)) as stream:
+            return read_until_end(stream)
+
+    with run_asgi_server(log_dir=tmp_path, extra_env=ENV) as server:
+        url = f"{server.base_url}/api/v1/chat"
+        turn(server, {"agent": agent.key, "message": "zero"})
+        first = turn(server, {"agent": agent.key, "message": "one"})
+        opened = turn(server, {"agent": agent.key, "message": "two"})
+        conversation_id = opened[0].data["conversation_id"]
+        continued = turn(server, {"agent": agent.key, "message": "three", "conversation_id": conversation_id})
+        with httpx.Client(timeout=10, headers=_bearer(raw)) as http:
+            unknown = http.post(url, json={"agent": "nobody", "message": "four"})
+            foreign = http.post(
+                url, json={"agent": agent.key, "message": "five", "conversation_id": str(theirs.pk)}
+            )
+            bad = http.post(url, json={"agent": agent.key, "message": ""})
+
+    for events, text in ((first, "echo: one"), (opened, "echo: two"), (continued, "echo: three")):
+        assert [e.event for e in events][0] == "message.start" and events[-1].event == "message.end"
+        assert_in_order(events)
+        assert text_of(events) == text
+        assert _message(events).status == Message.Status.COMPLETE
+    assert continued[0].data["conversation_id"] == conversation_id
+    stored = Message.objects.filter(conversation_id=conversation_id).order_by("index")
+    assert [(m.role, m.content) for m in stored] == [
+        ("user", "two"), ("assistant", "echo: two"), ("user", "three"), ("assistant", "echo: three"),
+    ]  # fmt: skip
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (404, "ERR_NOT_FOUND")
+    assert foreign.status_code == 404
+    assert bad.status_code == 400
+    assert theirs.messages.count() == 1
+    assert Message.objects.filter(content__in=["four", "five", ""]).count() == 0
 
 
 def test_turns_opening_at_once_each_store_their_conversation_messages_and_audit_row(

@@ -1,0 +1,59 @@
+"""API-key authentication on the event loop, for the views on the path of a stream's first token.
+
+A DRF view is synchronous: under ASGI it runs in a thread, and the hop there and back (and the
+GIL it then shares with the loop) is most of what such a view adds before a stream's first token
+when tens of streams start at once (``bench/stream_fanout.py``). Views that can serve a request
+without blocking (``chat.api.own_thread``) first ask :func:`aauthenticate` here.
+
+It reads what ``ApiKeyAuthentication`` would read, the key's cached lookup and generation, and
+counts the request against its key's rate limit, in one round trip on the loop (an asyncio Redis
+client; the in-memory cache directly), then applies the same checks (``key_refusal``, ``X-Org-Id``,
+the key limit). It answers the key only when all of that is settled: a cache miss, any refusal,
+a ``last_used_at`` stamp that is due or any other cache answers None, and the view runs as usual in
+its thread, which reads the database, records the security event and answers the error exactly as
+before. The request is counted once either way (the thread's throttle takes the count made here).
+"""
+
+from __future__ import annotations
+
+from django.utils import timezone
+
+from accounts import auth_cache, keys
+from accounts.authentication import _set_tenant, effective_role, key_refusal, last_used_stamp_due
+from accounts.models import ApiKey
+from core import context, throttling
+
+
+async def aauthenticate(request, view) -> ApiKey | None:
+    """The API key of ``request`` (a Django request) for ``view`` (class or instance), when the
+    loop can settle it; None when the view must run as usual (see the module doc)."""
+    scheme, _, raw = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not raw.strip():
+        return None
+    parsed = keys.parse_key(raw.strip())
+    if parsed is None:
+        return None
+    counter = throttling.key_counter_for(view, parsed.public_id)
+    read = await throttling.aget_many_and_count(auth_cache.lookup_keys(parsed.public_id), counter)
+    if read is None:
+        return None
+    found, count = read
+    if counter is not None:
+        throttling.remember_count(request, counter, count)
+    key, _generation = auth_cache.lookup_from(found, parsed.public_id)
+    if key is None or key_refusal(parsed, key, timezone.now()) is not None or last_used_stamp_due(key):
+        return None
+    requested_org = request.headers.get("X-Org-Id")
+    if requested_org and requested_org != str(key.org_id):
+        return None
+    if count is not None and not throttling.key_limit_allows(view, count):
+        return None
+    return key
+
+
+def bind(request, key: ApiKey) -> None:
+    """Authenticate the DRF ``request`` as ``key``, as ``ApiKeyAuthentication`` does."""
+    request.user = key.user
+    request.auth = key
+    context.note_api_key(key.pk)
+    _set_tenant(request, org=key.org, role=effective_role(key), api_key=key)
