@@ -21,7 +21,7 @@ from django.utils import timezone
 from accounts import auth_cache, keys
 from accounts.authentication import _set_tenant, effective_role, key_refusal, last_used_stamp_due
 from accounts.models import ApiKey
-from core import context, throttling
+from core import aredis, context, throttling
 
 
 async def aauthenticate(request, view) -> ApiKey | None:
@@ -34,7 +34,7 @@ async def aauthenticate(request, view) -> ApiKey | None:
     if parsed is None:
         return None
     counter = throttling.key_counter_for(view, parsed.public_id)
-    read = await throttling.aget_many_and_count(auth_cache.lookup_keys(parsed.public_id), counter)
+    read = await aredis.cache_get_many_and_count(auth_cache.lookup_keys(parsed.public_id), counter)
     if read is None:
         return None
     found, count = read

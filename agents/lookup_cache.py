@@ -29,10 +29,18 @@ def cached_agent(org_id: Any, ref: str) -> tuple[Any, int | None]:
     """(cached agent row or None, current generation) in one cache round trip."""
     if settings.AGENT_CACHE_SECONDS <= 0:
         return None, None
-    entry_key = _entry_key(org_id, ref)
-    found = cache.get_many([GENERATION_KEY, entry_key])
+    return lookup_from(cache.get_many(lookup_keys(org_id, ref)), org_id, ref)
+
+
+def lookup_keys(org_id: Any, ref: str) -> list[str]:
+    """The cache keys one lookup reads (the generation and the entry)."""
+    return [GENERATION_KEY, _entry_key(org_id, ref)]
+
+
+def lookup_from(found: dict, org_id: Any, ref: str) -> tuple[Any, int | None]:
+    """(cached agent row or None, current generation) from what :func:`lookup_keys` read."""
     generation = found.get(GENERATION_KEY)
-    entry = found.get(entry_key)
+    entry = found.get(_entry_key(org_id, ref))
     if generation is not None and entry is not None and entry[0] == generation:
         return entry[1], generation
     return None, generation

@@ -1,18 +1,26 @@
-"""An asyncio Redis client for the cache's Redis, one per event loop.
+"""The default cache read from the event loop: an asyncio Redis client per loop.
 
 Django's cache API is synchronous: under ASGI each call is a thread hop, or blocks the loop. The few
 cache reads on the path of a stream's first token (the API key's cached lookup and its rate-limit
-count, ``accounts.loop_auth``) go through this client instead, on the server's loop, with the cache's
-own URL and socket timeouts and its key and value formats (``core.throttling.aget_many_and_count``).
+count, ``accounts.loop_auth``; the agent a run names, ``agents.selectors.agents.aagent_for_run``)
+go through :func:`cache_get_many_and_count` instead, on the server's loop, with the cache's own URL,
+socket timeouts, key and value formats.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import weakref
 
 import redis.asyncio
 from django.conf import settings
+from django.core.cache import caches
+from django.core.cache.backends.locmem import LocMemCache
+from django.core.cache.backends.redis import RedisCache
+from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
 
 # Connections per loop: a burst of requests waits for one of these (each holds it for one round
 # trip) rather than opening hundreds; redis-py's own pool refuses the request past its limit.
@@ -39,3 +47,36 @@ def client() -> redis.asyncio.Redis:
         )
         found = _clients[loop] = redis.asyncio.Redis(connection_pool=pool)
     return found
+
+
+async def cache_get_many_and_count(
+    keys: list[str], counter: tuple[str, int] | None = None
+) -> tuple[dict, int | None] | None:
+    """``cache.get_many(keys)`` and, with ``counter`` = (key, timeout), that counter counted as
+    ``core.throttling.get_many_and_count`` counts it, from the event loop: on Redis in one round
+    trip of this module's client, on the in-memory cache directly (nothing to wait for). None for
+    any other cache (its calls would block the loop) and when Redis fails: the caller then goes
+    the synchronous way."""
+    backend = caches["default"]
+    if isinstance(backend, LocMemCache):
+        from core.throttling import get_many_and_count
+
+        return get_many_and_count(keys, counter)
+    if not isinstance(backend, RedisCache):
+        return None
+    full_keys = {backend.make_and_validate_key(key): key for key in keys}
+    pipe = client().pipeline(transaction=False)
+    pipe.mget(list(full_keys))
+    if counter is not None:
+        full_counter = backend.make_and_validate_key(counter[0])
+        pipe.set(full_counter, 0, ex=counter[1], nx=True)
+        pipe.incr(full_counter)
+    try:
+        replies = await pipe.execute()
+    except RedisError:
+        logger.warning("the cache could not be read from the loop; reading it from a thread", exc_info=True)
+        return None
+    loads = backend._cache._serializer.loads
+    values = zip(full_keys.values(), replies[0], strict=True)
+    found = {key: loads(value) for key, value in values if value is not None}
+    return found, (int(replies[2]) if counter is not None else None)

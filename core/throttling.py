@@ -13,19 +13,12 @@ path of every API request, one Redis round trip instead of two.
 
 from __future__ import annotations
 
-import logging
 import time
 
 from django.conf import settings
 from django.core.cache import caches
-from django.core.cache.backends.locmem import LocMemCache
 from django.core.cache.backends.redis import RedisCache
-from redis.exceptions import RedisError
 from rest_framework.throttling import BaseThrottle
-
-from core import aredis
-
-logger = logging.getLogger(__name__)
 
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -83,38 +76,6 @@ def get_many_and_count(keys: list[str], counter: tuple[str, int] | None) -> tupl
         if value is not None
     }
     return found, int(count)
-
-
-async def aget_many_and_count(
-    keys: list[str], counter: tuple[str, int] | None
-) -> tuple[dict, int | None] | None:
-    """:func:`get_many_and_count` for the event loop: on Redis through an asyncio client (one
-    round trip, the loop never blocks), on the in-memory cache directly (nothing to wait for);
-    None for any other cache, whose calls would block the loop."""
-    backend = caches["default"]
-    if isinstance(backend, LocMemCache):
-        return get_many_and_count(keys, counter)
-    if not isinstance(backend, RedisCache):
-        return None
-    full_keys = {backend.make_and_validate_key(key): key for key in keys}
-    pipe = aredis.client().pipeline(transaction=False)
-    pipe.mget(list(full_keys))
-    if counter is not None:
-        full_counter = backend.make_and_validate_key(counter[0])
-        pipe.set(full_counter, 0, ex=counter[1], nx=True)
-        pipe.incr(full_counter)
-    try:
-        replies = await pipe.execute()
-    except RedisError:
-        logger.warning("the cache could not be read from the loop; the view's thread reads it", exc_info=True)
-        return None
-    loads = backend._cache._serializer.loads
-    found = {
-        key: loads(value)
-        for key, value in zip(full_keys.values(), replies[0], strict=True)
-        if value is not None
-    }
-    return found, (int(replies[2]) if counter is not None else None)
 
 
 def _window(rates: dict, scope: str) -> tuple[int, int, int, float]:

@@ -144,6 +144,28 @@ def agent_for_run(*, org: Organization, viewer: AgentViewer, key: str | None = N
     return agent
 
 
+async def aagent_for_run(
+    *, org: Organization, viewer: AgentViewer, key: str | None = None, agent_id: Any = None
+):
+    """:func:`agent_for_run` from the event loop: a cached row whose visibility needs no query is
+    answered on the loop (``core.aredis``); anything else (a miss, a private agent that only its
+    shares can open) is read on a pool thread."""
+    from core import aredis
+    from core.db_threads import run_db
+
+    if settings.AGENT_CACHE_SECONDS > 0:
+        ref = f"id:{agent_id}" if agent_id is not None else f"key:{key}"
+        read = await aredis.cache_get_many_and_count(lookup_cache.lookup_keys(org.pk, ref))
+        agent = lookup_cache.lookup_from(read[0], org.pk, ref)[0] if read is not None else None
+        visible = _visible_without_shares(agent, viewer) if agent is not None else None
+        if visible is not None:
+            if not visible:
+                return None
+            agent.org = org
+            return agent
+    return await run_db(agent_for_run, org=org, viewer=viewer, key=key, agent_id=agent_id)
+
+
 def agent_get(*, org: Organization, viewer: AgentViewer, agent_id: Any) -> Agent:
     """One agent ``viewer`` may see; anything else (other orgs, private ones) answers 404."""
     agent = agent_list(org=org, viewer=viewer).filter(pk=agent_id).first()

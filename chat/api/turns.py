@@ -27,7 +27,6 @@ from chat.selectors.messages import message_dict, turn_message_get
 from chat.services import turns
 from chat.services.feedback import feedback_upsert
 from core import context as request_context
-from core.db_threads import run_db
 from core.errors import ApplicationError, ValidationError
 from core.sse import KEEPALIVE, EventStreamRenderer, sse_frame, sse_response
 
@@ -126,7 +125,7 @@ class ChatTurnView(OwnThreadMixin, JsonErrorsMixin, TenantAPIView):
 
     async def loop_post(self, request):
         """A valid turn through an API key, started on the loop (``chat.api.own_thread``): the
-        agent is read on a pool thread, the turn started with ``astart_turn``. Anything it would
+        agent is read from the cache on the loop, the turn started with ``astart_turn``. Anything it would
         refuse is left to :meth:`post` (nothing is written or started before it is refused)."""
         body = ChatTurnInputSerializer(data=request.data)
         if not body.is_valid():
@@ -134,10 +133,9 @@ class ChatTurnView(OwnThreadMixin, JsonErrorsMixin, TenantAPIView):
         data = body.validated_data
         request_context.set_channel("api")
         try:
-            agent = await run_db(
-                turns.resolve_agent,
-                org=request.org, user=request.user, agent=data["agent"], viewer=viewer_of(request),
-            )  # fmt: skip
+            agent = await turns.aresolve_agent(
+                org=request.org, user=request.user, agent=data["agent"], viewer=viewer_of(request)
+            )
             started = await turns.astart_turn(
                 org=request.org,
                 user=request.user,

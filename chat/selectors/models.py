@@ -9,7 +9,7 @@ included, is a model that does not exist (404).
 from __future__ import annotations
 
 from agents.models import Agent
-from agents.selectors.agents import AgentViewer, agent_for_run, agent_list
+from agents.selectors.agents import AgentViewer, aagent_for_run, agent_for_run, agent_list
 from core.errors import NotFoundError
 
 AGENT_PREFIX = "agent:"
@@ -29,6 +29,15 @@ def agent_model_id(agent: Agent) -> str:
 def openai_model_list(*, org, viewer: AgentViewer) -> list[Agent]:
     """The agents ``viewer`` may call, ordered by key."""
     return list(agent_list(org=org, viewer=viewer).select_related(None).order_by("key"))
+
+
+async def aopenai_agent_get(*, org, viewer: AgentViewer, model: str) -> Agent:
+    """:func:`openai_agent_get` from the event loop (``agents.selectors.agents.aagent_for_run``)."""
+    key = model.removeprefix(AGENT_PREFIX) if model.startswith(AGENT_PREFIX) else None
+    agent = await aagent_for_run(org=org, viewer=viewer, key=key) if key else None
+    if agent is None:
+        raise ModelNotFound(f"The model '{model}' does not exist or you do not have access to it.")
+    return agent
 
 
 def openai_agent_get(*, org, viewer: AgentViewer, model: str) -> Agent:

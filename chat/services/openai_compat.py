@@ -31,7 +31,7 @@ from django.conf import settings
 from accounts.models import ApiKey, Role
 from agents.models import Agent
 from agents.selectors.agents import AgentViewer
-from chat.selectors.models import AGENT_PREFIX, openai_agent_get
+from chat.selectors.models import AGENT_PREFIX, aopenai_agent_get, openai_agent_get
 from core import context
 from core.db_threads import detached_context, server_loop_of_this_thread
 from core.errors import PermissionDeniedError, ValidationError
@@ -75,33 +75,41 @@ def raw_models_allowed() -> bool:
     return bool(getattr(settings, "OPENAI_RAW_MODELS", True))
 
 
-def target_resolve(*, org, user, role: str | None, api_key: ApiKey | None, model: str) -> Target:
-    """The agent or provider model a request names (reads the database; see the module doc)."""
+def _agent_viewer(*, user, role: str | None, api_key: ApiKey | None, model: str) -> AgentViewer | None:
+    """Who reads the agent a request names, or None when it names a provider model (checked
+    here: who may call one)."""
     bound = None
     if api_key is not None and api_key.kind == ApiKey.Kind.AGENT:
         bound = api_key.agent_id or NOBODY  # an agent key bound to no agent calls nothing
     if model.startswith(AGENT_PREFIX) or bound is not None:
-        viewer = AgentViewer(user=user, role=role, bound_agent_id=bound)
         if bound is not None and not model.startswith(AGENT_PREFIX):
             raise RawModelNotAllowed("An agent key may only call its own agent (model 'agent:<key>').")
-        agent = openai_agent_get(org=org, viewer=viewer, model=model)
-        return Target(org=org, user=user, label=model, agent=agent)
+        return AgentViewer(user=user, role=role, bound_agent_id=bound)
     if not raw_models_allowed():
         raise RawModelNotAllowed(
             "Calls to provider models are turned off on this platform; use model 'agent:<key>'."
         )
     if Role.rank(role) < Role.rank(Role.MEMBER):
         raise RawModelNotAllowed(f"Calling a provider model needs the MEMBER role; you have {role}.")
-    return Target(org=org, user=user, label=model, model=model)
+    return None
+
+
+def target_resolve(*, org, user, role: str | None, api_key: ApiKey | None, model: str) -> Target:
+    """The agent or provider model a request names (reads the database; see the module doc)."""
+    viewer = _agent_viewer(user=user, role=role, api_key=api_key, model=model)
+    if viewer is None:
+        return Target(org=org, user=user, label=model, model=model)
+    agent = openai_agent_get(org=org, viewer=viewer, model=model)
+    return Target(org=org, user=user, label=model, agent=agent)
 
 
 async def atarget_resolve(*, org, user, role: str | None, api_key: ApiKey | None, model: str) -> Target:
-    """:func:`target_resolve` on the event loop: an agent is read on a pool thread."""
-    from core.db_threads import run_db
-
-    if model.startswith(AGENT_PREFIX) or (api_key is not None and api_key.kind == ApiKey.Kind.AGENT):
-        return await run_db(target_resolve, org=org, user=user, role=role, api_key=api_key, model=model)
-    return target_resolve(org=org, user=user, role=role, api_key=api_key, model=model)
+    """:func:`target_resolve` from the event loop (``chat.selectors.models.aopenai_agent_get``)."""
+    viewer = _agent_viewer(user=user, role=role, api_key=api_key, model=model)
+    if viewer is None:
+        return Target(org=org, user=user, label=model, model=model)
+    agent = await aopenai_agent_get(org=org, viewer=viewer, model=model)
+    return Target(org=org, user=user, label=model, agent=agent)
 
 
 def providers_warm(target: Target) -> None:

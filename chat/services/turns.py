@@ -57,7 +57,7 @@ from django.utils import timezone
 from accounts.models import Membership
 from agents.models import Agent
 from agents.registries import estimate_cost_micros
-from agents.selectors.agents import AgentViewer, agent_for_run
+from agents.selectors.agents import AgentViewer, aagent_for_run, agent_for_run
 from chat.models import Conversation, Message, MessageEvent
 from chat.models.conversations import Channel
 from chat.selectors.conversations import conversation_get, conversation_llm_history
@@ -136,6 +136,24 @@ def resolve_agent(*, org, user, agent: Any, viewer: AgentViewer | None = None) -
         found = agent_for_run(org=org, viewer=viewer, key=ref)
     else:
         found = agent_for_run(org=org, viewer=viewer, agent_id=agent_id)
+    if found is None:
+        raise NotFoundError("Agent not found.")
+    return found
+
+
+async def aresolve_agent(*, org, user, agent: Any, viewer: AgentViewer) -> Agent:
+    """:func:`resolve_agent` from the event loop (``agents.selectors.agents.aagent_for_run``)."""
+    if isinstance(agent, Agent):
+        return resolve_agent(org=org, user=user, agent=agent, viewer=viewer)
+    ref = str(agent or "").strip()
+    if not ref:
+        raise ValidationError("agent is required (an agent id or key).", details={"agent": ["Required."]})
+    try:
+        agent_id = uuid.UUID(ref)
+    except ValueError:
+        found = await aagent_for_run(org=org, viewer=viewer, key=ref)
+    else:
+        found = await aagent_for_run(org=org, viewer=viewer, agent_id=agent_id)
     if found is None:
         raise NotFoundError("Agent not found.")
     return found

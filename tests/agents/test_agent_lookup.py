@@ -12,7 +12,10 @@ from django.test.utils import CaptureQueriesContext
 from accounts.models import Role
 from agents.models import Agent, AgentShare
 from agents.selectors.agents import AgentViewer, agent_for_run, agent_list
+from core import db_threads
 from tests.factories import UserFactory
+
+_RUN_DB = db_threads.run_db
 
 
 def _agent(org, owner, visibility) -> Agent:
@@ -72,3 +75,73 @@ def test_the_cache_can_be_turned_off(org, owner, settings):
     agent_for_run(org=org, viewer=viewer, key=agent.key)
     Agent.objects.filter(pk=agent.pk).update(model="changed-without-a-signal")
     assert agent_for_run(org=org, viewer=viewer, key=agent.key).model == "changed-without-a-signal"
+
+
+def _aagent_for_run(monkeypatch, **kwargs):
+    """``aagent_for_run`` on a loop of its own, with its pool-thread reads recorded (the test's
+    rows are committed: a loop's database connection is not the test's)."""
+    import asyncio
+
+    from django.conf import settings
+
+    from agents.selectors.agents import aagent_for_run
+    from core import aredis
+
+    threaded = []
+
+    original = _RUN_DB
+
+    async def recorded(fn, /, *args, **kw):
+        threaded.append(fn.__name__)
+        return await original(fn, *args, **kw)
+
+    monkeypatch.setattr(db_threads, "run_db", recorded)
+
+    async def go():
+        try:
+            return await aagent_for_run(**kwargs)
+        finally:
+            if "LOCATION" in settings.CACHES["default"]:  # Redis: close this loop's client
+                await aredis.client().aclose()
+
+    return asyncio.run(go()), threaded
+
+
+@pytest.mark.django_db(transaction=True)
+def test_from_the_loop_it_answers_what_agent_for_run_answers_reading_a_thread_only_when_it_must(
+    org, owner, member, monkeypatch
+):
+    shared_with = UserFactory()
+    agents = {v: _agent(org, owner, v) for v in Agent.Visibility.values}
+    AgentShare.objects.create(agent=agents[Agent.Visibility.PRIVATE], user=shared_with)
+    viewers = [
+        AgentViewer(user=owner, role=Role.OWNER),
+        AgentViewer(user=member, role=Role.MEMBER),
+        AgentViewer(user=shared_with, role=Role.MEMBER),
+        AgentViewer(user=None, role=Role.MEMBER, bound_agent_id=uuid.uuid4()),
+    ]
+    for viewer in viewers:
+        for agent in agents.values():
+            expected = agent_for_run(org=org, viewer=viewer, key=agent.key)  # now cached
+            found, threaded = _aagent_for_run(monkeypatch, org=org, viewer=viewer, key=agent.key)
+            assert (found is not None) == (expected is not None), (viewer, agent.visibility)
+            if found is not None:
+                assert found.pk == agent.pk and found.org is org
+            needs_shares = agent.visibility == Agent.Visibility.PRIVATE and viewer.user in (
+                member,
+                shared_with,
+            )
+            assert threaded == (["agent_for_run"] if needs_shares else []), (viewer, agent.visibility)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_from_the_loop_a_row_not_cached_is_read_on_a_thread(org, owner, monkeypatch, settings):
+    agent = _agent(org, owner, Agent.Visibility.ORG)
+    viewer = AgentViewer(user=owner, role=Role.OWNER)
+
+    first, threaded_first = _aagent_for_run(monkeypatch, org=org, viewer=viewer, agent_id=agent.pk)
+    settings.AGENT_CACHE_SECONDS = 0
+    off, threaded_off = _aagent_for_run(monkeypatch, org=org, viewer=viewer, agent_id=agent.pk)
+
+    assert first.pk == agent.pk and threaded_first == ["agent_for_run"]
+    assert off.pk == agent.pk and threaded_off == ["agent_for_run"]
