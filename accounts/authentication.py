@@ -126,10 +126,25 @@ def authenticate_key(raw: str, *, request=None) -> ApiKey:
 _last_used_asked: dict[Any, float] = {}
 
 
-def last_used_stamp_due(key: ApiKey) -> bool:
-    """Whether this process would ask the cache about ``key``'s ``last_used_at`` now."""
+def claim_last_used_stamp(key: ApiKey) -> bool:
+    """Whether this request asks the cache about ``key``'s ``last_used_at`` (at most once a minute
+    per key in this process; the first request to ask claims it, see :func:`_stamp_last_used`)."""
+    period = LAST_USED_RESOLUTION.total_seconds()
     asked_at = _last_used_asked.get(key.pk)
-    return asked_at is None or time.monotonic() - asked_at >= LAST_USED_RESOLUTION.total_seconds()
+    moment = time.monotonic()
+    if asked_at is not None and moment - asked_at < period:
+        return False
+    if len(_last_used_asked) > LAST_USED_MEMO_SIZE:
+        _last_used_asked.clear()
+    _last_used_asked[key.pk] = moment
+    return True
+
+
+def write_last_used(key_id: Any, now, ip: str | None) -> None:
+    """Stamp the key's last use, if this process wins the minute's ``cache.add`` (see
+    :func:`_stamp_last_used`)."""
+    if cache.add(f"auth:last-used:{key_id}", 1, timeout=LAST_USED_RESOLUTION.total_seconds()):
+        ApiKey.objects.filter(pk=key_id).update(last_used_at=now, last_used_ip=ip)
 
 
 def _stamp_last_used(key: ApiKey, now) -> None:
@@ -139,16 +154,8 @@ def _stamp_last_used(key: ApiKey, now) -> None:
     and the question was a Redis round trip on every request of a busy key. An UPDATE does not
     send post_save, so it leaves cached lookups alone.
     """
-    period = LAST_USED_RESOLUTION.total_seconds()
-    asked_at = _last_used_asked.get(key.pk)
-    moment = time.monotonic()
-    if asked_at is not None and moment - asked_at < period:
-        return
-    if len(_last_used_asked) > LAST_USED_MEMO_SIZE:
-        _last_used_asked.clear()
-    _last_used_asked[key.pk] = moment
-    if cache.add(f"auth:last-used:{key.pk}", 1, timeout=period):
-        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now, last_used_ip=context.current().ip)
+    if claim_last_used_stamp(key):
+        write_last_used(key.pk, now, context.current().ip)
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):

@@ -8,9 +8,10 @@ without blocking (``chat.api.own_thread``) first ask :func:`aauthenticate` here.
 It reads what ``ApiKeyAuthentication`` would read, the key's cached lookup and generation, and
 counts the request against its key's rate limit, in one round trip on the loop (an asyncio Redis
 client; the in-memory cache directly), then applies the same checks (``key_refusal``, ``X-Org-Id``,
-the key limit). It answers the key only when all of that is settled: a cache miss, any refusal,
-a ``last_used_at`` stamp that is due or any other cache answers None, and the view runs as usual in
-its thread, which reads the database, records the security event and answers the error exactly as
+the key limit) and stamps the key's ``last_used_at`` as often as the thread would (once a minute,
+on a pool thread it does not wait for). It answers the key only when all of that is settled: a
+cache miss, any refusal or any other cache answers None, and the view runs as usual in its
+thread, which reads the database, records the security event and answers the error exactly as
 before. The request is counted once either way (the thread's throttle takes the count made here).
 """
 
@@ -19,9 +20,15 @@ from __future__ import annotations
 from django.utils import timezone
 
 from accounts import auth_cache, keys
-from accounts.authentication import _set_tenant, effective_role, key_refusal, last_used_stamp_due
+from accounts.authentication import (
+    _set_tenant,
+    claim_last_used_stamp,
+    effective_role,
+    key_refusal,
+    write_last_used,
+)
 from accounts.models import ApiKey
-from core import aredis, context, throttling
+from core import aredis, context, db_threads, throttling
 
 
 async def aauthenticate(request, view) -> ApiKey | None:
@@ -41,13 +48,16 @@ async def aauthenticate(request, view) -> ApiKey | None:
     if counter is not None:
         throttling.remember_count(request, counter, count)
     key, _generation = auth_cache.lookup_from(found, parsed.public_id)
-    if key is None or key_refusal(parsed, key, timezone.now()) is not None or last_used_stamp_due(key):
+    now = timezone.now()
+    if key is None or key_refusal(parsed, key, now) is not None:
         return None
     requested_org = request.headers.get("X-Org-Id")
     if requested_org and requested_org != str(key.org_id):
         return None
     if count is not None and not throttling.key_limit_allows(view, count):
         return None
+    if claim_last_used_stamp(key):  # once a minute: on a pool thread, not waited for
+        db_threads.submit_db(write_last_used, key.pk, now, context.current().ip)
     return key
 
 

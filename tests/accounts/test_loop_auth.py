@@ -5,10 +5,11 @@ the view's thread (which then does not count the request again)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 
 import pytest
-from django.core.cache import caches
+from django.core.cache import cache, caches
 from django.test import RequestFactory
 from django.utils import timezone
 from rest_framework.request import Request
@@ -101,7 +102,7 @@ def _settle_after_warm(raw: str):
 
 @pytest.mark.parametrize(
     "spoil",
-    ["wrong_secret", "revoked", "expired", "other_org", "over_limit", "stamp_due", "malformed", "no_bearer"],
+    ["wrong_secret", "revoked", "expired", "other_org", "over_limit", "malformed", "no_bearer"],
 )
 def test_every_doubt_is_left_to_the_thread(issued, spoil, settings):
     key, raw = issued
@@ -121,8 +122,6 @@ def test_every_doubt_is_left_to_the_thread(issued, spoil, settings):
         headers["HTTP_X_ORG_ID"] = "00000000-0000-0000-0000-000000000000"
     elif spoil == "over_limit":
         settings.RATE_LIMITS = {"key": "0/minute", "user": "3/minute", "anon": "3/minute"}
-    elif spoil == "stamp_due":
-        authentication._last_used_asked.pop(key.pk, None)
     request = _request(raw, **headers)
     if spoil == "malformed":
         request = _request("not-a-key")
@@ -146,3 +145,23 @@ def test_another_cache_backend_is_never_called_from_the_loop(issued, settings):
         }
     }
     assert _settle(_request(raw)) is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_due_stamp_of_last_use_is_written_off_the_loop_once_and_the_key_still_settled(issued):
+    key, raw = issued
+    _warm(key, raw)
+    ApiKey.objects.filter(pk=key.pk).update(last_used_at=None)
+    cache.delete(f"auth:last-used:{key.pk}")
+    authentication._last_used_asked.pop(key.pk, None)  # a minute has passed
+
+    settled = [_settle(_request(raw)) for _ in range(3)]
+
+    assert all(found is not None and found.pk == key.pk for found in settled)
+    stamped = None
+    for _ in range(100):  # written on a pool thread the loop did not wait for
+        stamped = ApiKey.objects.get(pk=key.pk).last_used_at
+        if stamped is not None:
+            break
+        time.sleep(0.05)
+    assert stamped is not None
