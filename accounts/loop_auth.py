@@ -9,13 +9,19 @@ It reads what ``ApiKeyAuthentication`` would read, the key's cached lookup and g
 counts the request against its key's rate limit, in one round trip on the loop (an asyncio Redis
 client; the in-memory cache directly), then applies the same checks (``key_refusal``, ``X-Org-Id``,
 the key limit) and stamps the key's ``last_used_at`` as often as the thread would (once a minute,
-on a pool thread it does not wait for). It answers the key only when all of that is settled: a
-cache miss, any refusal or any other cache answers None, and the view runs as usual in its
-thread, which reads the database, records the security event and answers the error exactly as
-before. The request is counted once either way (the thread's throttle takes the count made here).
+on a pool thread it does not wait for). A cache miss (the entry expired, or a change to some key,
+member or user invalidated every entry) is read on a pool thread, once for all the requests of a
+burst that ask for the same key at that moment (``core.db_threads.run_db_shared``), and stored
+again: under load a burst does not fall to the view's thread as a whole every time the entry
+expires. It answers the key only when all of that is settled: an unknown key, any refusal or any
+other cache answers None, and the view runs as usual in its thread, which reads the database,
+records the security event and answers the error exactly as before.
+The request is counted once either way (the thread's throttle takes the count made here).
 """
 
 from __future__ import annotations
+
+import copy
 
 from django.utils import timezone
 
@@ -28,6 +34,7 @@ from accounts.authentication import (
     write_last_used,
 )
 from accounts.models import ApiKey
+from accounts.selectors.auth import api_key_for_auth
 from core import aredis, context, db_threads, throttling
 
 
@@ -48,6 +55,11 @@ async def aauthenticate(request, view) -> ApiKey | None:
     if counter is not None:
         throttling.remember_count(request, counter, count)
     key, _generation = auth_cache.lookup_from(found, parsed.public_id)
+    if key is None:  # expired or invalidated: one read for the whole burst that asks for it now
+        shared = await db_threads.run_db_shared(
+            ("api-key", parsed.public_id), api_key_for_auth, public_id=parsed.public_id
+        )
+        key = copy.deepcopy(shared)  # each request its own rows, as a cache hit gives it
     now = timezone.now()
     if key is None or key_refusal(parsed, key, now) is not None:
         return None

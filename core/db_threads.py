@@ -19,6 +19,7 @@ import contextvars
 import functools
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -133,3 +134,28 @@ def submit_db(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
             logger.exception("a background database step failed")
 
     _pool().submit(call)
+
+
+_shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, asyncio.Future]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def run_db_shared(key: Any, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """:func:`run_db`, shared by every caller on this loop that asks for the same ``key`` while
+    the first call is running: one database read for a burst, not one each.
+
+    A cached row that expires or is invalidated under load (an API key's lookup, the agent a run
+    names) is asked for by every request of the burst at the same moment; without this each of
+    them would take a pool thread and a connection for the same query. ``key`` must name what
+    ``fn(*args, **kwargs)`` returns; a caller that is cancelled does not cancel the others' call,
+    and an error reaches every caller of the call that raised it."""
+    loop = asyncio.get_running_loop()
+    calls = _shared.get(loop)
+    if calls is None:
+        calls = _shared[loop] = {}
+    call = calls.get(key)
+    if call is None:
+        call = calls[key] = asyncio.ensure_future(run_db(fn, *args, **kwargs))
+        call.add_done_callback(lambda done: calls.pop(key, None) if calls.get(key) is done else None)
+    return await asyncio.shield(call)

@@ -14,6 +14,7 @@ Who may *change* an agent is a different question (its owner or an ADMIN+), answ
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -121,20 +122,33 @@ def _visible_without_shares(agent: Agent, viewer: AgentViewer) -> bool | None:
     return True if agent.owner_id == viewer.user.pk else None
 
 
+def _agent_ref(key: str | None, agent_id: Any) -> str:
+    return f"id:{agent_id}" if agent_id is not None else f"key:{key}"
+
+
+def _agent_row(*, org_id: Any, key: str | None = None, agent_id: Any = None) -> Agent | None:
+    """The org's agent named by key or id, whoever asks: from ``agents.lookup_cache``, else one
+    lean query (and then cached)."""
+    ref = _agent_ref(key, agent_id)
+    agent, generation = lookup_cache.cached_agent(org_id, ref)
+    if agent is None:
+        agents = Agent.objects.filter(org_id=org_id)
+        agents = agents.filter(pk=agent_id) if agent_id is not None else agents.filter(key=key)
+        agent = agents.order_by().first()
+        if agent is None:
+            return None
+        lookup_cache.store(org_id, ref, agent, generation)
+    return agent
+
+
 def agent_for_run(*, org: Organization, viewer: AgentViewer, key: str | None = None, agent_id: Any = None):
     """The agent a run names by key or id, if ``viewer`` may see it, else None; with its org
     attached. On the path to every turn's model call: the row comes from ``agents.lookup_cache``
     (one cache round trip) or one lean query, and who may see it is decided here, per call (a
     private agent shared with the viewer costs one more query)."""
-    ref = f"id:{agent_id}" if agent_id is not None else f"key:{key}"
-    agent, generation = lookup_cache.cached_agent(org.pk, ref)
+    agent = _agent_row(org_id=org.pk, key=key, agent_id=agent_id)
     if agent is None:
-        agents = Agent.objects.filter(org=org)
-        agents = agents.filter(pk=agent_id) if agent_id is not None else agents.filter(key=key)
-        agent = agents.order_by().first()
-        if agent is None:
-            return None
-        lookup_cache.store(org.pk, ref, agent, generation)
+        return None
     visible = _visible_without_shares(agent, viewer)
     if visible is None:
         visible = AgentShare.objects.filter(agent_id=agent.pk, user=viewer.user).exists()
@@ -148,16 +162,26 @@ async def aagent_for_run(
     *, org: Organization, viewer: AgentViewer, key: str | None = None, agent_id: Any = None
 ):
     """:func:`agent_for_run` from the event loop: a cached row whose visibility needs no query is
-    answered on the loop (``core.aredis``); anything else (a miss, a private agent that only its
-    shares can open) is read on a pool thread."""
+    answered on the loop (``core.aredis``); a miss is read on a pool thread, once for all the
+    runs of a burst that name the same agent at that moment (``core.db_threads.run_db_shared``),
+    and a private agent that only its shares can open is read there too."""
     from core import aredis
-    from core.db_threads import run_db
+    from core.db_threads import run_db, run_db_shared
 
     if settings.AGENT_CACHE_SECONDS > 0:
-        ref = f"id:{agent_id}" if agent_id is not None else f"key:{key}"
+        ref = _agent_ref(key, agent_id)
         read = await aredis.cache_get_many_and_count(lookup_cache.lookup_keys(org.pk, ref))
-        agent = lookup_cache.lookup_from(read[0], org.pk, ref)[0] if read is not None else None
-        visible = _visible_without_shares(agent, viewer) if agent is not None else None
+        if read is None:
+            return await run_db(agent_for_run, org=org, viewer=viewer, key=key, agent_id=agent_id)
+        agent = lookup_cache.lookup_from(read[0], org.pk, ref)[0]
+        if agent is None:  # expired or invalidated: one read for the whole burst that asks now
+            shared = await run_db_shared(
+                ("agent", org.pk, ref), _agent_row, org_id=org.pk, key=key, agent_id=agent_id
+            )
+            if shared is None:
+                return None
+            agent = copy.deepcopy(shared)  # each run its own row, as a cache hit gives it
+        visible = _visible_without_shares(agent, viewer)
         if visible is not None:
             if not visible:
                 return None

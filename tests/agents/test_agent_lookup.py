@@ -97,9 +97,11 @@ def _aagent_for_run(monkeypatch, **kwargs):
 
     monkeypatch.setattr(db_threads, "run_db", recorded)
 
+    call = kwargs.pop("_call", None)
+
     async def go():
         try:
-            return await aagent_for_run(**kwargs)
+            return await (call() if call is not None else aagent_for_run(**kwargs))
         finally:
             if "LOCATION" in settings.CACHES["default"]:  # Redis: close this loop's client
                 await aredis.client().aclose()
@@ -143,5 +145,31 @@ def test_from_the_loop_a_row_not_cached_is_read_on_a_thread(org, owner, monkeypa
     settings.AGENT_CACHE_SECONDS = 0
     off, threaded_off = _aagent_for_run(monkeypatch, org=org, viewer=viewer, agent_id=agent.pk)
 
-    assert first.pk == agent.pk and threaded_first == ["agent_for_run"]
+    assert first.pk == agent.pk and threaded_first == ["_agent_row"]
     assert off.pk == agent.pk and threaded_off == ["agent_for_run"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_from_the_loop_a_burst_that_misses_the_cache_reads_the_row_once(org, owner, monkeypatch):
+    import asyncio
+
+    from agents import lookup_cache
+    from agents.selectors.agents import aagent_for_run
+
+    agent = _agent(org, owner, Agent.Visibility.ORG)
+    viewer = AgentViewer(user=owner, role=Role.OWNER)
+    agent_for_run(org=org, viewer=viewer, key=agent.key)  # cached, then invalidated
+    lookup_cache.invalidate()
+
+    async def burst():
+        return await asyncio.gather(
+            *(aagent_for_run(org=org, viewer=viewer, key=agent.key) for _ in range(8))
+        )
+
+    found, threaded = _aagent_for_run(monkeypatch, org=org, viewer=viewer, key=agent.key, _call=burst)
+    again, threaded_again = _aagent_for_run(monkeypatch, org=org, viewer=viewer, key=agent.key)
+
+    assert threaded == ["_agent_row"]  # one read for the eight runs
+    assert [row.pk for row in found] == [agent.pk] * 8 and all(row.org is org for row in found)
+    assert len({id(row) for row in found}) == 8  # each run its own row
+    assert again.pk == agent.pk and threaded_again == []  # and the row is cached again

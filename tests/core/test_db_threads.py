@@ -63,3 +63,34 @@ def test_errors_reach_the_caller():
 
     with pytest.raises(LookupError, match="nope"):
         asyncio.run(run_db(boom))
+
+
+def test_concurrent_callers_of_the_same_key_share_one_call_and_each_gets_its_outcome():
+    from core.db_threads import run_db_shared
+
+    calls = []
+    gate = threading.Event()
+
+    def slow(value):
+        calls.append(value)
+        gate.wait(5)
+        if value == "bad":
+            raise ValueError("no such row")
+        return value
+
+    async def main():
+        good = [asyncio.ensure_future(run_db_shared(("row", 1), slow, "good")) for _ in range(4)]
+        bad = [asyncio.ensure_future(run_db_shared(("row", 2), slow, "bad")) for _ in range(2)]
+        await asyncio.sleep(0.05)
+        good[0].cancel()  # one caller goes away: the others' call goes on
+        gate.set()
+        outcomes = await asyncio.gather(*good, *bad, return_exceptions=True)
+        later = await run_db_shared(("row", 1), slow, "again")  # a new call once the first is over
+        return outcomes, later
+
+    outcomes, later = asyncio.run(main())
+    assert sorted(calls) == ["again", "bad", "good"]
+    assert isinstance(outcomes[0], asyncio.CancelledError)
+    assert outcomes[1:4] == ["good"] * 3
+    assert all(isinstance(o, ValueError) for o in outcomes[4:])
+    assert later == "again"
