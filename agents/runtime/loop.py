@@ -206,24 +206,37 @@ async def arun_agent(
     history: list[dict[str, Any]] | None = None,
     on_event: EventCallback | None = None,
     stream: bool = False,
+    run: AgentRun | None = None,
+    run_written: Awaitable[Any] | None = None,
 ) -> AgentRun:
-    """Run the agent once on ``message``; returns the finished AgentRun (see the module doc)."""
+    """Run the agent once on ``message``; returns the finished AgentRun (see the module doc).
+
+    A caller that writes the run's row itself, with rows of its own in one transaction (a chat
+    turn that opens a conversation), passes the ``run`` it built (``run_build``) and
+    ``run_written``, which completes once that row is committed (or raises if it was not)."""
     started = time.perf_counter()
-    if Agent.org.is_cached(agent):  # the callers' selectors attach the org they scoped by
+    if run is not None:
+        org = run.org
+    elif Agent.org.is_cached(agent):  # the callers' selectors attach the org they scoped by
         org = agent.org
     else:
         org = await run_db(lambda: agent.org)  # load the FK off the event loop, once
-    run = run_build(
-        org=org,
-        agent=agent,
-        user=user,
-        message=message,
-        conversation_id=conversation_id,
-        trigger=trigger,
-    )
-    # The row is written while the first model call is on its way: nothing before the call needs
-    # it, and everything after (tools, the run's end) waits for it (``saved``).
-    saving = asyncio.ensure_future(arun_save(run))
+    if run is None:
+        run = run_build(
+            org=org,
+            agent=agent,
+            user=user,
+            message=message,
+            conversation_id=conversation_id,
+            trigger=trigger,
+        )
+        # The row is written while the first model call is on its way: nothing before the call
+        # needs it, and everything after (tools, the run's end) waits for it (``saved``).
+        saving = asyncio.ensure_future(arun_save(run))
+    elif run_written is not None:
+        saving = asyncio.ensure_future(run_written)
+    else:
+        raise ValueError("A run built by the caller needs run_written.")
 
     async def saved() -> None:
         await asyncio.shield(saving)

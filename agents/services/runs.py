@@ -65,13 +65,19 @@ def run_rows(run: AgentRun) -> tuple[AgentRun, AuditLog | None]:
     return run, audit
 
 
-@transaction.atomic
-def runs_write(items: list[tuple[AgentRun, AuditLog | None]]) -> None:
-    """Insert any number of new runs (and their audit rows) in one transaction, a statement each."""
+def runs_insert(items: list[tuple[AgentRun, AuditLog | None]]) -> None:
+    """Insert any number of new runs (and their audit rows), a statement each, in the caller's
+    transaction: a chat turn writes its run with its messages (``chat.services.turns``)."""
     AgentRun.objects.bulk_create([run for run, _ in items])
     audits = [audit for _, audit in items if audit is not None]
     if audits:
         AuditLog.objects.bulk_create(audits)
+
+
+@transaction.atomic
+def runs_write(items: list[tuple[AgentRun, AuditLog | None]]) -> None:
+    """Insert any number of new runs (and their audit rows) in one transaction, a statement each."""
+    runs_insert(items)
 
 
 def run_save(run: AgentRun) -> AgentRun:

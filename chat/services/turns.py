@@ -4,9 +4,10 @@
 turn's first event (``message.start``, seq 1) and starts the agent run **detached from the
 request**: an asyncio task on the server's own loop (or, where there is no long-lived loop, a
 Celery task or a test, on a background loop of the process), not tied to any response. For a turn
-that opens a conversation the run starts first and the rows are written while its model call is on
-its way (under a server, together with those of the turns opening at the same moment: one
-transaction for a burst, ``core.batch_writer``); the response and the log follow their commit.
+that opens a conversation the run starts first and the rows, its run's ``AgentRun`` with them,
+are written while its model call is on its way (under a server, together with those of the turns
+opening at the same moment: one transaction for a burst, ``core.batch_writer``); the response and
+the log follow their commit.
 Every event of the run gets the next per-message ``seq`` and is published at once on the turn's
 channel-layer group. One log writer per loop (``_Hub``) appends the events of all its running turns to the
 ``MessageEvent`` log in one transaction every ``FLUSH_SECONDS``, with the messages' text, parts and
@@ -58,6 +59,7 @@ from accounts.models import Membership
 from agents.models import Agent
 from agents.registries import estimate_cost_micros
 from agents.selectors.agents import AgentViewer, aagent_for_run, agent_for_run
+from agents.services.runs import run_build
 from chat.models import Conversation, Message, MessageEvent
 from chat.models.conversations import Channel
 from chat.selectors.conversations import conversation_get, conversation_llm_history
@@ -218,13 +220,23 @@ class OpeningRows:
     audit: Any
     messages: tuple[Message, Message]
     start: MessageEvent
+    run: Any = None  # the turn's AgentRun, written with them (``_opening_turn``)
 
 
 def turn_opening_rows(
-    *, org, user, agent: Agent, message: str, channel: str, started: TurnStarted, on_disconnect: str
+    *,
+    org,
+    user,
+    agent: Agent,
+    message: str,
+    channel: str,
+    started: TurnStarted,
+    on_disconnect: str,
+    run: Any = None,
 ) -> OpeningRows:
     """The conversation, its audit row, the user message, the streaming assistant message and
-    ``message.start`` of a turn that opens a conversation (see :func:`turn_open`)."""
+    ``message.start`` of a turn that opens a conversation (see :func:`turn_open`), and the run
+    that answers it when the caller built one."""
     now = timezone.now()
     conversation = Conversation(
         pk=started.conversation_id,
@@ -257,16 +269,18 @@ def turn_opening_rows(
     )
     start = MessageEvent(message=assistant, seq=1, event="message.start", data=_start_event(started))
     return OpeningRows(
-        conversation=conversation, audit=audit, messages=(user_message, assistant), start=start
+        conversation=conversation, audit=audit, messages=(user_message, assistant), start=start, run=run
     )
 
 
 @transaction.atomic
 def turn_openings_write(openings: list[OpeningRows]) -> None:
-    """Write the rows of any number of opening turns in one transaction, one statement per table.
-    Its commit does not wait for the disk (``CHAT_ASYNC_COMMIT``), being on the path to the turns'
+    """Write the rows of any number of opening turns in one transaction, one statement per table,
+    with the rows of their runs (one transaction, not one here and one in ``arun_agent``). Its
+    commit does not wait for the disk (``CHAT_ASYNC_COMMIT``), being on the path to the turns'
     first events."""
     from accounts.models import AuditLog
+    from agents.services.runs import run_rows, runs_insert
 
     if settings.CHAT_ASYNC_COMMIT:
         commit_without_flush_wait()
@@ -274,10 +288,21 @@ def turn_openings_write(openings: list[OpeningRows]) -> None:
     AuditLog.objects.bulk_create([o.audit for o in openings])
     Message.objects.bulk_create([m for o in openings for m in o.messages])
     MessageEvent.objects.bulk_create([o.start for o in openings])
+    runs = [run_rows(o.run) for o in openings if o.run is not None]
+    if runs:
+        runs_insert(runs)
 
 
 def turn_open(
-    *, org, user, agent: Agent, message: str, channel: str, started: TurnStarted, on_disconnect: str
+    *,
+    org,
+    user,
+    agent: Agent,
+    message: str,
+    channel: str,
+    started: TurnStarted,
+    on_disconnect: str,
+    run: Any = None,
 ):
     """The writes of a turn that opens a conversation, under the ids ``started`` chose: the
     conversation, its audit row, the user message, the streaming assistant message and
@@ -286,7 +311,7 @@ def turn_open(
         [
             turn_opening_rows(
                 org=org, user=user, agent=agent, message=message, channel=channel,
-                started=started, on_disconnect=on_disconnect,
+                started=started, on_disconnect=on_disconnect, run=run,
             )
         ]
     )  # fmt: skip
@@ -399,6 +424,15 @@ def _opening_turn(
     turn = _make_turn(
         started=started, org=org, user=user, agent=agent_row, message=text, history=[], channel=channel
     )
+    # Its run's row is written with its rows (``turn_openings_write``), not apart by the runtime.
+    turn.run_row = run_build(
+        org=org,
+        agent=agent_row,
+        user=user,
+        message=text,
+        conversation_id=started.conversation_id,
+        trigger="chat",
+    )
     opening = {
         "org": org,
         "user": user,
@@ -407,6 +441,7 @@ def _opening_turn(
         "channel": channel,
         "started": started,
         "on_disconnect": on_disconnect,
+        "run": turn.run_row,
     }
     return turn, opening
 
@@ -446,8 +481,8 @@ async def astart_turn(
 
     A turn that opens a conversation with an Agent in hand needs nothing from the database before
     its model call, so the run starts at once, under ids chosen here, while the caller's thread
-    writes the conversation and the messages (``turn_open``); the turn's log is written only once
-    they are committed, and if they fail the run is called off. A turn that continues a
+    writes the conversation, the messages and the run's row (``turn_open``); the turn's log is
+    written only once they are committed, and if they fail the run is called off. A turn that continues a
     conversation reads its history first (``turn_prepare``), then starts."""
     args = {"org": org, "user": user, "agent": agent, "message": message, "channel": channel}
     opening = _opening_turn(**args, conversation_id=conversation_id, on_disconnect=on_disconnect)
@@ -853,7 +888,9 @@ class _Turn:
         self.watched = False  # a follower in another process asked for pushes
         self.final: dict[str, Any] | None = None
         self._written: asyncio.Future | None = None
+        self._stored: asyncio.Future | None = None
         self.run_id: str | None = None
+        self.run_row = None  # an AgentRun written with the turn's rows (``_opening_turn``)
         self.cancel_reason: str | None = None
         self.abandoned = False  # its messages could not be written: the run is called off
         # Every event so far, for followers on the same loop (no database, no channel layer).
@@ -940,8 +977,17 @@ class _Turn:
                 logger.error("chat turn %s: its outcome was not written in time", self.message_id)
         await self._announce(TurnEvent(seq=self.seq, event=event, data=data))
 
+    @property
+    def stored(self) -> asyncio.Future:
+        """Done once the turn's rows (and its run's, ``run_row``) are committed; on its loop."""
+        if self._stored is None:
+            self._stored = asyncio.get_running_loop().create_future()
+        return self._stored
+
     def mark_stored(self) -> None:
         """Its messages are committed: the hub may write its log (on the turn's loop)."""
+        if not self.stored.done():
+            self.stored.set_result(None)
         if self.hub is not None and not self.abandoned:
             self.hub.add(self)
 
@@ -949,6 +995,9 @@ class _Turn:
         """Its messages could not be written: stop the run, write and publish nothing (on the
         turn's loop). The run records itself as cancelled, and the model call its usage."""
         self.abandoned = True
+        if not self.stored.done():
+            self.stored.set_exception(RuntimeError("The turn's rows could not be written."))
+            self.stored.exception()  # its awaiter (the run) may be gone already: nothing to log
         self.request_cancel("abandoned")
         if self._written is not None and not self._written.done():
             self._written.set_result(None)  # nothing will be written: do not wait for it
@@ -990,6 +1039,8 @@ class _Turn:
                     history=self.history,
                     on_event=self.on_run_event,
                     stream=True,
+                    run=self.run_row,
+                    run_written=self._rows_written() if self.run_row is not None else None,
                 )
             )
             if self.cancel_reason is not None:  # cancelled before the task existed
@@ -1005,10 +1056,15 @@ class _Turn:
             except ApplicationError as exc:
                 await self._finish_failed(exc.code, exc.message)
             except Exception as exc:
+                if self.abandoned:
+                    return  # its rows (and its run's) were never written: nothing to finish
                 logger.exception("chat turn %s failed", self.message_id)
                 await self._finish_failed("ERR_INTERNAL", f"The turn failed: {type(exc).__name__}.")
             else:
                 await self._finish_ok(run)
+
+    async def _rows_written(self) -> None:
+        await self.stored
 
     async def _usage(self, prompt_tokens: int, completion_tokens: int, model: str) -> Decimal:
         """Emit the turn's ``usage`` event, priced by whatever the platform registered (billing's

@@ -319,6 +319,39 @@ def test_the_usage_event_and_the_message_carry_the_priced_cost(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_new_conversation_writes_its_run_with_its_rows_in_one_transaction(
+    org, member, member_client, fake_upstream, allow_loopback, monkeypatch
+):
+    from agents.models import AgentRun
+    from agents.runtime import loop
+
+    agent = make_agent(org, make_provider(org, fake_upstream), model="gpt-4o-mini")
+    written = []
+    original = turns.turn_openings_write
+
+    def recorded(openings):
+        original(openings)
+        written.extend(AgentRun.objects.filter(pk__in=[o.run.pk for o in openings]))
+
+    async def no_separate_save(run):
+        raise AssertionError("the runtime wrote the run apart")
+
+    monkeypatch.setattr(turns, "turn_openings_write", recorded)
+    monkeypatch.setattr(loop, "arun_save", no_separate_save)
+    response = member_client.post(CHAT, {"agent": agent.key, "message": "hi"}, format="json")
+    events = parse_sse(body_of(response))
+
+    assert events[-1]["event"] == "message.end"
+    conversation = Conversation.objects.get()
+    assert [(r.trigger, r.conversation_id, r.status) for r in written] == [
+        ("chat", conversation.pk, AgentRun.Status.RUNNING)  # committed with the conversation
+    ]
+    run = AgentRun.objects.get()
+    assert run.pk == written[0].pk and run.status == AgentRun.Status.SUCCEEDED
+    assert Message.objects.get(role="assistant").run_id == run.pk
+
+
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("entry", ["astart_turn", "start_turn"])
 def test_a_new_conversation_whose_rows_cannot_be_written_calls_its_run_off(
     org, member, fake_upstream, allow_loopback, monkeypatch, entry
@@ -326,6 +359,7 @@ def test_a_new_conversation_whose_rows_cannot_be_written_calls_its_run_off(
     import time
 
     from agents.models import AgentRun
+    from billing.models import UsageRecord
 
     provider = make_provider(org, fake_upstream)
     agent = make_agent(org, provider, model="slow")
@@ -346,13 +380,13 @@ def test_a_new_conversation_whose_rows_cannot_be_written_calls_its_run_off(
 
     assert fake_upstream.stats["requests_by_key"][key] == 1
     deadline = time.monotonic() + 10
-    while (turns._running or AgentRun.objects.filter(agent=agent).exclude(status="cancelled").exists()) and (
-        time.monotonic() < deadline
-    ):
+    calls = UsageRecord.objects.filter(agent_id=agent.pk)
+    while (turns._running or not calls.exists()) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not turns._running  # the turn is gone
-    assert list(AgentRun.objects.filter(agent=agent).values_list("status", flat=True)) == ["cancelled"]
     assert fake_upstream.aborted_for(key) == 1  # the upstream stream was closed
-    # Nothing of the turn was kept: the conversation's insert was rolled back with the rest.
+    assert calls.count() == 1  # the call it made is metered all the same
+    # Nothing of the turn was kept: the conversation's insert was rolled back with the rest, its
+    # run's row too (it is written in the same transaction).
     assert not Conversation.objects.exists() and not Message.objects.exists()
-    assert not MessageEvent.objects.exists()
+    assert not MessageEvent.objects.exists() and not AgentRun.objects.filter(agent=agent).exists()
