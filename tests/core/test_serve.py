@@ -30,13 +30,15 @@ def test_the_switch_interval_is_given_in_milliseconds_and_must_be_positive():
             switch_interval_seconds(bad)
 
 
-def test_the_web_process_sets_its_switch_interval_before_serving():
-    """main() applies the setting (Daphne is replaced by a stub that reports the interval)."""
+def test_the_web_process_sets_its_switch_interval_and_freezes_what_it_loaded_before_serving():
+    """main() applies the setting and freezes the loaded application (Daphne is replaced by a stub
+    that reports the interval and how many objects the collector no longer walks)."""
     code = (
         "import sys, daphne.cli\n"
         "class Stub:\n"
         "    def run(self, args):\n"
-        "        print(sys.getswitchinterval(), args[-1])\n"
+        "        import gc\n"
+        "        print(sys.getswitchinterval(), args[-1], gc.get_freeze_count())\n"
         "daphne.cli.CommandLineInterface = Stub\n"
         "import django; django.setup()\n"
         "from core.serve import main; main([])\n"
@@ -48,6 +50,7 @@ def test_the_web_process_sets_its_switch_interval_before_serving():
     }
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    interval, app = out.stdout.split()
+    interval, app, frozen = out.stdout.split()
     assert float(interval) == pytest.approx(0.002)
     assert app == "config.asgi:application"
+    assert int(frozen) > 10_000  # the loaded application is out of the collector's reach
