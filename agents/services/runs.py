@@ -12,7 +12,7 @@ import asyncio
 from typing import Any
 from uuid import UUID
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.models import AuditLog, Organization, User
@@ -121,9 +121,11 @@ def run_finish(
     duration_ms: int,
     error: dict[str, Any] | None = None,
 ) -> AgentRun:
-    """Close a run with its outcome and totals (one UPDATE; the row is the run's history)."""
-    if provider_id is not None and not Provider.objects.filter(pk=provider_id, org_id=run.org_id).exists():
-        provider_id = None  # a personal or platform key has no provider row of the org
+    """Close a run with its outcome and totals (one UPDATE; the row is the run's history).
+
+    ``provider_id`` is that of an org provider the call resolved (a personal or platform key has
+    none); one deleted while the run went on is recorded as no provider (a second UPDATE, only
+    then), instead of a query on every run to make sure it is still there."""
     run.status = status
     run.finish_reason = finish_reason[:32]
     run.output = output
@@ -137,21 +139,34 @@ def run_finish(
     run.duration_ms = max(0, int(duration_ms))
     run.error = error
     run.finished_at = timezone.now()
-    run.save(
-        update_fields=[
-            "status",
-            "finish_reason",
-            "output",
-            "steps",
-            "tool_calls",
-            "prompt_tokens",
-            "completion_tokens",
-            "provider",
-            "provider_source",
-            "model",
-            "duration_ms",
-            "error",
-            "finished_at",
-        ]
-    )
+    if transaction.get_connection().in_atomic_block:
+        # A caller's transaction checks foreign keys only when it commits: ask first.
+        if run.provider_id is not None and not Provider.objects.filter(pk=run.provider_id).exists():
+            run.provider_id = None
+        run.save(update_fields=_FINISHED_FIELDS)
+        return run
+    try:
+        run.save(update_fields=_FINISHED_FIELDS)
+    except IntegrityError:
+        if run.provider_id is None or Provider.objects.filter(pk=run.provider_id).exists():
+            raise
+        run.provider_id = None  # its provider was deleted meanwhile
+        run.save(update_fields=_FINISHED_FIELDS)
     return run
+
+
+_FINISHED_FIELDS = [
+    "status",
+    "finish_reason",
+    "output",
+    "steps",
+    "tool_calls",
+    "prompt_tokens",
+    "completion_tokens",
+    "provider",
+    "provider_source",
+    "model",
+    "duration_ms",
+    "error",
+    "finished_at",
+]

@@ -320,3 +320,54 @@ def test_an_agent_without_tools_reads_nothing_before_its_model_call(org, member,
     tooled = make_agent(org, provider, "fake-model-1", tools=["web_fetch"])
     tooled.org = org
     assert _prepare_in_memory(tooled, None, None) is False
+
+
+def _finish(run, provider_id):
+    from agents.services.runs import run_finish
+
+    return run_finish(
+        run=run, status=AgentRun.Status.SUCCEEDED, steps=[], tool_calls=0, prompt_tokens=3,
+        completion_tokens=5, provider_id=provider_id, provider_source="org", model="m", duration_ms=7,
+    )  # fmt: skip
+
+
+def _started_run(org, provider):
+    from agents.services.runs import run_build, run_save
+
+    agent = make_agent(org, provider, "gpt-4o-mini")
+    return run_save(run_build(org=org, agent=agent, user=None, message="hi"))
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("in_transaction", [False, True])
+def test_a_run_whose_provider_was_deleted_meanwhile_finishes_with_no_provider(org, provider, in_transaction):
+    from django.db import transaction
+
+    run = _started_run(org, provider)
+    gone = Provider.objects.create(
+        org=org, name="gone", provider_type="openai_compat", api_base="http://x/v1"
+    )
+    gone_id = gone.pk
+    gone.delete()
+
+    if in_transaction:
+        with transaction.atomic():
+            _finish(run, gone_id)
+    else:
+        _finish(run, gone_id)
+
+    stored = AgentRun.objects.get(pk=run.pk)
+    assert (stored.status, stored.provider_id, stored.completion_tokens) == ("succeeded", None, 5)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_finishing_a_run_is_one_update(org, provider):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    run = _started_run(org, provider)
+    with CaptureQueriesContext(connection) as queries:
+        _finish(run, provider.pk)
+
+    assert [q["sql"].split()[0] for q in queries] == ["UPDATE"]
+    assert AgentRun.objects.get(pk=run.pk).provider_id == provider.pk
