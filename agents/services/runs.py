@@ -105,6 +105,23 @@ async def arun_save(run: AgentRun) -> AgentRun:
     return run
 
 
+_FINISHED_FIELDS = [
+    "status",
+    "finish_reason",
+    "output",
+    "steps",
+    "tool_calls",
+    "prompt_tokens",
+    "completion_tokens",
+    "provider",
+    "provider_source",
+    "model",
+    "duration_ms",
+    "error",
+    "finished_at",
+]
+
+
 def run_finish(
     *,
     run: AgentRun,
@@ -153,20 +170,3 @@ def run_finish(
         run.provider_id = None  # its provider was deleted meanwhile
         run.save(update_fields=_FINISHED_FIELDS)
     return run
-
-
-_FINISHED_FIELDS = [
-    "status",
-    "finish_reason",
-    "output",
-    "steps",
-    "tool_calls",
-    "prompt_tokens",
-    "completion_tokens",
-    "provider",
-    "provider_source",
-    "model",
-    "duration_ms",
-    "error",
-    "finished_at",
-]

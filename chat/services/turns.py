@@ -993,7 +993,8 @@ class _Turn:
 
     def abandon(self) -> None:
         """Its messages could not be written: stop the run, write and publish nothing (on the
-        turn's loop). The run records itself as cancelled, and the model call its usage."""
+        turn's loop). The run's row, which was to be written with them, is not there either; the
+        model call still records its usage."""
         self.abandoned = True
         if not self.stored.done():
             self.stored.set_exception(RuntimeError("The turn's rows could not be written."))
@@ -1040,7 +1041,7 @@ class _Turn:
                     on_event=self.on_run_event,
                     stream=True,
                     run=self.run_row,
-                    run_written=self._rows_written() if self.run_row is not None else None,
+                    run_written=self.stored if self.run_row is not None else None,
                 )
             )
             if self.cancel_reason is not None:  # cancelled before the task existed
@@ -1062,9 +1063,6 @@ class _Turn:
                 await self._finish_failed("ERR_INTERNAL", f"The turn failed: {type(exc).__name__}.")
             else:
                 await self._finish_ok(run)
-
-    async def _rows_written(self) -> None:
-        await self.stored
 
     async def _usage(self, prompt_tokens: int, completion_tokens: int, model: str) -> Decimal:
         """Emit the turn's ``usage`` event, priced by whatever the platform registered (billing's
