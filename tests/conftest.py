@@ -104,6 +104,16 @@ def anon_client():
     return APIClient()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _loop_writers_closed(django_db_setup):
+    """Close the connections that loop writers opened (``core.loop_writer``: a turn on the
+    process's background loop keeps one) before the test database is dropped."""
+    yield
+    from core.loop_writer import close_connections
+
+    close_connections()
+
+
 @pytest.fixture(scope="session")
 def fake_upstream():
     """The fake OpenAI-compatible upstream (tests/fakes/openai_upstream.py) on a loopback port."""

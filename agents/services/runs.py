@@ -8,7 +8,6 @@ loop many times a conversation, are recorded on their run rows only.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 from uuid import UUID
 
@@ -20,6 +19,8 @@ from accounts.services.audit import audit_entry
 from agents.models import Agent, AgentRun, Provider
 from core.batch_writer import BatchWriter
 from core.db_threads import on_server_loop, run_db
+from core.loop_writer import LoopRowWriter
+from core.row_inserts import RowGroup, insert_rows
 
 MAX_INPUT_CHARS = 100_000
 
@@ -65,19 +66,18 @@ def run_rows(run: AgentRun) -> tuple[AgentRun, AuditLog | None]:
     return run, audit
 
 
-def runs_insert(items: list[tuple[AgentRun, AuditLog | None]]) -> None:
-    """Insert any number of new runs (and their audit rows), a statement each, in the caller's
-    transaction: a chat turn writes its run with its messages (``chat.services.turns``)."""
-    AgentRun.objects.bulk_create([run for run, _ in items])
-    audits = [audit for _, audit in items if audit is not None]
-    if audits:
-        AuditLog.objects.bulk_create(audits)
+def run_row_groups(items: list[tuple[AgentRun, AuditLog | None]]) -> list[RowGroup]:
+    """The rows of new runs (and their audit rows), for ``core.row_inserts.insert_rows``: a chat
+    turn inserts its run with its messages (``chat.services.turns``)."""
+    return [
+        (AgentRun, [run for run, _ in items]),
+        (AuditLog, [audit for _, audit in items if audit is not None]),
+    ]
 
 
-@transaction.atomic
 def runs_write(items: list[tuple[AgentRun, AuditLog | None]]) -> None:
-    """Insert any number of new runs (and their audit rows) in one transaction, a statement each."""
-    runs_insert(items)
+    """Insert any number of new runs (and their audit rows), all or none, in one statement."""
+    insert_rows(run_row_groups(items))
 
 
 def run_save(run: AgentRun) -> AgentRun:
@@ -97,11 +97,17 @@ _run_saves: BatchWriter[tuple[AgentRun, AuditLog | None]] = BatchWriter(
 )
 
 
+# On a server's loop with PostgreSQL, without a thread (``core.loop_writer``).
+_loop_run_saves: LoopRowWriter[tuple[AgentRun, AuditLog | None]] = LoopRowWriter(
+    "agent-run-saves", run_row_groups, fallback=_run_saves
+)
+
+
 async def arun_save(run: AgentRun) -> AgentRun:
     """:func:`run_save` from the event loop: batched on a server's loop, else on a db thread."""
     if not on_server_loop():
         return await run_db(run_save, run)
-    await asyncio.wrap_future(_run_saves.submit(run_rows(run)))
+    await _loop_run_saves.write(run_rows(run))
     return run
 
 

@@ -5,9 +5,10 @@ turn's first event (``message.start``, seq 1) and starts the agent run **detache
 request**: an asyncio task on the server's own loop (or, where there is no long-lived loop, a
 Celery task or a test, on a background loop of the process), not tied to any response. For a turn
 that opens a conversation the run starts first and the rows, its run's ``AgentRun`` with them,
-are written while its model call is on its way (under a server, together with those of the turns
-opening at the same moment: one transaction for a burst, ``core.batch_writer``); the response and
-the log follow their commit.
+are written while its model call is on its way, all in one statement (``core.row_inserts``; under
+a server, together with those of the turns opening at the same moment, from the loop itself on
+PostgreSQL: ``core.loop_writer``, else from a writer thread: ``core.batch_writer``); the response
+and the log follow their commit.
 Every event of the run gets the next per-message ``seq`` and is published at once on the turn's
 channel-layer group. One log writer per loop (``_Hub``) appends the events of all its running turns to the
 ``MessageEvent`` log in one transaction every ``FLUSH_SECONDS``, with the messages' text, parts and
@@ -71,6 +72,8 @@ from core.batch_writer import BatchWriter
 from core.commits import commit_without_flush_wait
 from core.db_threads import on_short_lived_loop, server_loop_of_this_thread
 from core.errors import ApplicationError, ConflictError, NotFoundError, ValidationError
+from core.loop_writer import LoopRowWriter
+from core.row_inserts import RowGroup, insert_rows
 
 logger = logging.getLogger(__name__)
 
@@ -273,24 +276,30 @@ def turn_opening_rows(
     )
 
 
-@transaction.atomic
-def turn_openings_write(openings: list[OpeningRows]) -> None:
-    """Write the rows of any number of opening turns in one transaction, one statement per table,
-    with the rows of their runs (one transaction, not one here and one in ``arun_agent``). Its
-    commit does not wait for the disk (``CHAT_ASYNC_COMMIT``), being on the path to the turns'
-    first events."""
+def turn_opening_groups(openings: list[OpeningRows]) -> list[RowGroup]:
+    """The rows of any number of opening turns, with the rows of their runs, for one statement
+    (``core.row_inserts``)."""
     from accounts.models import AuditLog
-    from agents.services.runs import run_rows, runs_insert
+    from agents.services.runs import run_row_groups, run_rows
 
-    if settings.CHAT_ASYNC_COMMIT:
-        commit_without_flush_wait()
-    Conversation.objects.bulk_create([o.conversation for o in openings])
-    AuditLog.objects.bulk_create([o.audit for o in openings])
-    Message.objects.bulk_create([m for o in openings for m in o.messages])
-    MessageEvent.objects.bulk_create([o.start for o in openings])
-    runs = [run_rows(o.run) for o in openings if o.run is not None]
-    if runs:
-        runs_insert(runs)
+    return [
+        (Conversation, [o.conversation for o in openings]),
+        (AuditLog, [o.audit for o in openings]),
+        (Message, [m for o in openings for m in o.messages]),
+        (MessageEvent, [o.start for o in openings]),
+        *run_row_groups([run_rows(o.run) for o in openings if o.run is not None]),
+    ]
+
+
+def _async_commit() -> bool:
+    return settings.CHAT_ASYNC_COMMIT
+
+
+def turn_openings_write(openings: list[OpeningRows]) -> None:
+    """Write the rows of any number of opening turns, with the rows of their runs, all or none:
+    on PostgreSQL in one statement, whose commit does not wait for the disk
+    (``CHAT_ASYNC_COMMIT``), being on the path to the turns' first events."""
+    insert_rows(turn_opening_groups(openings), async_commit=_async_commit())
 
 
 def turn_open(
@@ -306,7 +315,7 @@ def turn_open(
 ):
     """The writes of a turn that opens a conversation, under the ids ``started`` chose: the
     conversation, its audit row, the user message, the streaming assistant message and
-    ``message.start``, in one transaction (the run is already under way: see ``astart_turn``)."""
+    ``message.start``, all or none (the run is already under way: see ``astart_turn``)."""
     turn_openings_write(
         [
             turn_opening_rows(
@@ -450,10 +459,18 @@ def _write_opening_rows(rows: OpeningRows) -> None:
     turn_openings_write([rows])
 
 
-# Under a server, the openings of concurrent turns are written together (``core.batch_writer``):
-# at 20 turns starting at once, one transaction of four statements instead of twenty of five.
+# Under a server, the openings of concurrent turns are written together: at 20 turns starting at
+# once, a few statements instead of twenty transactions. From the loop on PostgreSQL
+# (``core.loop_writer``), else from a thread (``core.batch_writer``), which sync views use too.
 _openings: BatchWriter[OpeningRows] = BatchWriter(
     "chat-openings", turn_openings_write, _write_opening_rows, max_batch=OPENINGS_BATCH
+)
+_loop_openings: LoopRowWriter[OpeningRows] = LoopRowWriter(
+    "chat-openings",
+    turn_opening_groups,
+    fallback=_openings,
+    async_commit=_async_commit,
+    max_batch=OPENINGS_BATCH,
 )
 
 
@@ -492,8 +509,8 @@ async def astart_turn(
         try:
             if on_short_lived_loop():  # a sync caller (a test): its thread, connection and transaction
                 await sync_to_async(turn_open)(**writes)
-            else:  # a server's loop (the WebSocket consumer): together with concurrent openings
-                await asyncio.wrap_future(_openings.submit(_opening_rows(writes)))
+            else:  # a server's loop: together with concurrent openings
+                await _loop_openings.write(_opening_rows(writes))
         except BaseException as exc:
             _opened(turn, exc)
             raise

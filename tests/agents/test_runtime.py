@@ -7,6 +7,7 @@ at once per step), then answers "done after <results> tools".
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import pytest
@@ -266,8 +267,6 @@ def test_a_cancelled_run_is_recorded_as_cancelled(org, member, provider):
 def test_the_model_call_does_not_wait_for_the_run_row(fake_upstream, allow_loopback, monkeypatch):
     """On a server's loop the run's row is written while its first model call is on its way; a run
     whose row cannot be written fails with that error and leaves no row."""
-    import time
-
     from agents.runtime import loop
     from agents.services import runs
     from tests.factories import OrganizationFactory
@@ -277,29 +276,29 @@ def test_the_model_call_does_not_wait_for_the_run_row(fake_upstream, allow_loopb
         org=org, name="fake", provider_type="openai_compat", api_base=fake_upstream.base_url, api_key="sk-x"
     )
     agent = make_agent(org, provider, "fake-model-1")
-    real_write = runs.runs_write
-    seen: dict = {}
+    writer = runs._loop_run_saves  # from the loop on PostgreSQL, else through its fallback thread
+    real_write = writer.write
+    seen: dict = {"requests": fake_upstream.stats["requests"]}
 
-    def write_after_the_call(items):
-        before = seen.setdefault("requests", fake_upstream.stats["requests"])
+    async def write_after_the_call(item):
         deadline = time.monotonic() + 5
-        while fake_upstream.stats["requests"] == before and time.monotonic() < deadline:
-            time.sleep(0.005)
-        seen["call_was_out"] = fake_upstream.stats["requests"] > before
-        return real_write(items)
+        while fake_upstream.stats["requests"] == seen["requests"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        seen["call_was_out"] = fake_upstream.stats["requests"] > seen["requests"]
+        await real_write(item)
 
-    # Under a server the row goes through the run writer (``runs._run_saves``): one item, one write.
-    monkeypatch.setattr(runs, "runs_write", write_after_the_call)
-    seen["requests"] = fake_upstream.stats["requests"]
+    monkeypatch.setattr(writer, "write", write_after_the_call)
     run = asyncio.run(loop.arun_agent(agent=agent, message="hi", trigger="openai"))  # a server's loop
     assert seen["call_was_out"] is True
     run = AgentRun.objects.get(pk=run.pk)
     assert (run.status, run.output) == (AgentRun.Status.SUCCEEDED, "echo: hi")
 
-    def broken_write(items):
+    def broken_groups(items):
         raise RuntimeError("the database is gone")
 
-    monkeypatch.setattr(runs, "runs_write", broken_write)
+    monkeypatch.setattr(writer, "write", real_write)
+    monkeypatch.setattr(writer, "_groups_of", broken_groups)
+    monkeypatch.setattr(runs, "runs_write", broken_groups)  # the fallback thread's write
     with pytest.raises(RuntimeError, match="the database is gone"):
         asyncio.run(loop.arun_agent(agent=agent, message="again", trigger="openai"))
     assert AgentRun.objects.filter(agent=agent).count() == 1
