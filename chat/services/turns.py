@@ -675,13 +675,12 @@ def turn_log_write(
                 Conversation.objects.filter(messages__pk=message_id).update(
                     updated_at=now, last_message_at=now
                 )
-        MessageEvent.objects.bulk_create(
-            [
-                MessageEvent(message_id=message_id, seq=seq, event=name, data=data)
-                for message_id, seq, name, data in events
-                if str(message_id) in alive
-            ]
-        )
+        new_events = [
+            MessageEvent(message_id=message_id, seq=seq, event=name, data=data)
+            for message_id, seq, name, data in events
+            if str(message_id) in alive
+        ]
+        insert_rows([(MessageEvent, new_events)])  # one statement, no ids read back
     return ids - alive
 
 
