@@ -93,12 +93,12 @@ def insert_rows(
         groups, async_commit=async_commit and not connection.in_atomic_block, using=using
     )
     if sql:
-        with _server_binding_cursor(connection) as cursor:
+        with server_binding_cursor(connection) as cursor:
             cursor.execute(sql, params)
     mark_saved(groups, using)
 
 
-def _server_binding_cursor(connection):
+def server_binding_cursor(connection):
     """A cursor of Django's (query logging, execute wrappers) that sends the values apart from
     the statement, as Django does with ``OPTIONS["server_side_binding"]``: Django's default
     client-side cursor quotes every value into the SQL text, which for a batch of a hundred rows

@@ -73,7 +73,7 @@ from core.commits import commit_without_flush_wait
 from core.db_threads import on_short_lived_loop, server_loop_of_this_thread
 from core.errors import ApplicationError, ConflictError, NotFoundError, ValidationError
 from core.loop_writer import LoopRowWriter
-from core.row_inserts import RowGroup, insert_rows
+from core.row_inserts import RowGroup, insert_rows, server_binding_cursor
 
 logger = logging.getLogger(__name__)
 
@@ -667,21 +667,49 @@ def turn_log_write(
             commit_without_flush_wait()
         alive = {str(pk) for pk in Message.objects.filter(pk__in=ids).values_list("pk", flat=True)}
         now = timezone.now()
+        finished = []
         for message_id, fields in updates:
             if str(message_id) not in alive:
                 continue
             Message.objects.filter(pk=message_id).update(**fields, updated_at=now)
             if fields.get("status", Message.Status.STREAMING) != Message.Status.STREAMING:
-                Conversation.objects.filter(messages__pk=message_id).update(
-                    updated_at=now, last_message_at=now
-                )
-        new_events = [
-            MessageEvent(message_id=message_id, seq=seq, event=name, data=data)
-            for message_id, seq, name, data in events
-            if str(message_id) in alive
-        ]
-        insert_rows([(MessageEvent, new_events)])  # one statement, no ids read back
+                finished.append(message_id)
+        if finished:  # their conversations, in one statement
+            Conversation.objects.filter(messages__pk__in=finished).update(updated_at=now, last_message_at=now)
+        _events_insert([event for event in events if str(event[0]) in alive], now=now)
     return ids - alive
+
+
+def _events_insert(events: list[tuple[Any, int, str, dict]], *, now) -> None:
+    """Insert the log's new events. On PostgreSQL one ``INSERT … SELECT FROM unnest(…)`` with an
+    array per column, whatever the number of events: at 200 streams, building a ``MessageEvent``
+    and compiling its values for each event was a third of the log writer's time. Elsewhere
+    ``bulk_create``."""
+    if not events:
+        return
+    connection = connections[MessageEvent.objects.db]
+    if connection.vendor != "postgresql":
+        MessageEvent.objects.bulk_create(
+            [MessageEvent(message_id=m, seq=seq, event=name, data=data) for m, seq, name, data in events]
+        )
+        return
+    from psycopg import sql
+    from psycopg.types.json import Jsonb
+
+    fields = ("message", "seq", "event", "data", "created_at")
+    statement = sql.SQL(
+        "INSERT INTO {table} ({columns}) SELECT m, s, e, d, %s "
+        "FROM unnest(%s::uuid[], %s::int[], %s::text[], %s::jsonb[]) AS r(m, s, e, d)"
+    ).format(
+        table=sql.Identifier(MessageEvent._meta.db_table),
+        columns=sql.SQL(", ").join(sql.Identifier(MessageEvent._meta.get_field(f).column) for f in fields),
+    )
+    ids, seqs, names, datas = zip(*events, strict=True)
+    with server_binding_cursor(connection) as cursor:
+        cursor.execute(
+            statement,
+            [now, list(ids), list(seqs), list(names), [Jsonb(data) for data in datas]],
+        )
 
 
 def turn_cancel_flags(*, message_ids: list[Any]) -> set[str]:

@@ -390,3 +390,41 @@ def test_a_new_conversation_whose_rows_cannot_be_written_calls_its_run_off(
     # run's row too (it is written in the same transaction).
     assert not Conversation.objects.exists() and not Message.objects.exists()
     assert not MessageEvent.objects.exists() and not AgentRun.objects.filter(agent=agent).exists()
+
+
+@pytest.mark.django_db
+def test_the_log_writer_stores_events_and_outcomes_and_drops_those_of_deleted_messages(org, member):
+    from django.utils import timezone
+
+    kept = make_conversation(org, member, messages=[("user", "hi")])
+    answer = Message.objects.create(org=org, conversation=kept, index=1, role="assistant", status="streaming")
+    gone = make_conversation(org, member, messages=[("user", "bye")])
+    lost = Message.objects.create(org=org, conversation=gone, index=1, role="assistant", status="streaming")
+    lost_id = lost.pk
+    gone.delete()
+    before = timezone.now()
+    tool_output = {"rows": [1, 2], "note": "quote ' and \" and \\ survive", "nested": {"ok": True}}
+
+    missing = turns.turn_log_write(
+        events=[
+            (answer.pk, 2, "message.delta", {"text": "hello"}),
+            (answer.pk, 3, "tool.result", {"id": "t1", "output": tool_output}),
+            (lost_id, 2, "message.delta", {"text": "lost"}),
+            (answer.pk, 4, "message.end", {"finish_reason": "stop"}),
+        ],
+        updates=[(answer.pk, {"status": "complete", "content": "hello", "last_seq": 4})],
+    )
+
+    assert missing == {str(lost_id)}
+    rows = list(MessageEvent.objects.filter(message=answer).order_by("seq"))
+    assert [(e.seq, e.event, e.data) for e in rows] == [
+        (2, "message.delta", {"text": "hello"}),
+        (3, "tool.result", {"id": "t1", "output": tool_output}),
+        (4, "message.end", {"finish_reason": "stop"}),
+    ]
+    assert all(e.created_at >= before for e in rows)
+    assert not MessageEvent.objects.filter(message_id=lost_id).exists()
+    answer.refresh_from_db()
+    kept.refresh_from_db()
+    assert (answer.status, answer.content, answer.last_seq) == ("complete", "hello", 4)
+    assert kept.last_message_at is not None and kept.last_message_at >= before
