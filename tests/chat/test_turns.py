@@ -398,12 +398,18 @@ def test_the_log_writer_stores_events_and_outcomes_and_drops_those_of_deleted_me
 
     kept = make_conversation(org, member, messages=[("user", "hi")])
     answer = Message.objects.create(org=org, conversation=kept, index=1, role="assistant", status="streaming")
+    other = make_conversation(org, member, messages=[("user", "more")])
+    streaming = Message.objects.create(
+        org=org, conversation=other, index=1, role="assistant", status="streaming"
+    )
     gone = make_conversation(org, member, messages=[("user", "bye")])
     lost = Message.objects.create(org=org, conversation=gone, index=1, role="assistant", status="streaming")
     lost_id = lost.pk
     gone.delete()
     before = timezone.now()
     tool_output = {"rows": [1, 2], "note": "quote ' and \" and \\ survive", "nested": {"ok": True}}
+    parts = [{"type": "text", "text": "so far 'x'"}, {"type": "tool_call", "id": "t1", "arguments": {"q": 1}}]
+    citations = [{"document_id": "d", "chunk_id": "c", "score": 0.5}]
 
     missing = turns.turn_log_write(
         events=[
@@ -412,7 +418,11 @@ def test_the_log_writer_stores_events_and_outcomes_and_drops_those_of_deleted_me
             (lost_id, 2, "message.delta", {"text": "lost"}),
             (answer.pk, 4, "message.end", {"finish_reason": "stop"}),
         ],
-        updates=[(answer.pk, {"status": "complete", "content": "hello", "last_seq": 4})],
+        updates=[
+            (answer.pk, {"status": "complete", "content": "hello", "last_seq": 4}),
+            (lost_id, {"content": "lost", "parts": [], "citations": [], "last_seq": 2}),
+            (streaming.pk, {"content": "so far 'x'", "parts": parts, "citations": citations, "last_seq": 7}),
+        ],
     )
 
     assert missing == {str(lost_id)}
@@ -428,3 +438,7 @@ def test_the_log_writer_stores_events_and_outcomes_and_drops_those_of_deleted_me
     kept.refresh_from_db()
     assert (answer.status, answer.content, answer.last_seq) == ("complete", "hello", 4)
     assert kept.last_message_at is not None and kept.last_message_at >= before
+    streaming.refresh_from_db()  # its progress: the text so far, still streaming
+    assert (streaming.status, streaming.content, streaming.last_seq) == ("streaming", "so far 'x'", 7)
+    assert (streaming.parts, streaming.citations) == (parts, citations)
+    assert streaming.updated_at >= before
