@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import json
 import logging
 import threading
@@ -238,7 +239,7 @@ def turn_opening_rows(
     run: Any = None,
 ) -> OpeningRows:
     """The conversation, its audit row, the user message, the streaming assistant message and
-    ``message.start`` of a turn that opens a conversation (see :func:`turn_open`), and the run
+    ``message.start`` of a turn that opens a conversation (see :func:`astart_turn`), and the run
     that answers it when the caller built one."""
     now = timezone.now()
     conversation = Conversation(
@@ -300,30 +301,6 @@ def turn_openings_write(openings: list[OpeningRows]) -> None:
     on PostgreSQL in one statement, whose commit does not wait for the disk
     (``CHAT_ASYNC_COMMIT``), being on the path to the turns' first events."""
     insert_rows(turn_opening_groups(openings), async_commit=_async_commit())
-
-
-def turn_open(
-    *,
-    org,
-    user,
-    agent: Agent,
-    message: str,
-    channel: str,
-    started: TurnStarted,
-    on_disconnect: str,
-    run: Any = None,
-):
-    """The writes of a turn that opens a conversation, under the ids ``started`` chose: the
-    conversation, its audit row, the user message, the streaming assistant message and
-    ``message.start``, all or none (the run is already under way: see ``astart_turn``)."""
-    turn_openings_write(
-        [
-            turn_opening_rows(
-                org=org, user=user, agent=agent, message=message, channel=channel,
-                started=started, on_disconnect=on_disconnect, run=run,
-            )
-        ]
-    )  # fmt: skip
 
 
 @transaction.atomic
@@ -419,7 +396,7 @@ def _opening_turn(
     *, org, user, agent: Any, message: str, conversation_id: Any, channel: str, on_disconnect: str
 ) -> tuple[_Turn, dict[str, Any]] | None:
     """A turn that opens a conversation with an Agent in hand, under ids chosen here, with the
-    arguments of its ``turn_open``; None for any other turn. Raises for bad input."""
+    arguments of its ``turn_opening_rows``; None for any other turn. Raises for bad input."""
     if conversation_id or not isinstance(agent, Agent):
         return None
     text = _turn_check(message=message, channel=channel, on_disconnect=on_disconnect)
@@ -479,7 +456,7 @@ def _opening_rows(writes: dict[str, Any]) -> OpeningRows:
 
 
 def _opened(turn: _Turn, error: BaseException | None) -> None:
-    """After ``turn_open``: let the hub write the turn's log, or call its run off."""
+    """After its rows were written: let the hub write the turn's log, or call its run off."""
     _call_on_loop(turn, turn.abandon if error is not None else turn.mark_stored)
 
 
@@ -498,7 +475,7 @@ async def astart_turn(
 
     A turn that opens a conversation with an Agent in hand needs nothing from the database before
     its model call, so the run starts at once, under ids chosen here, while the caller's thread
-    writes the conversation, the messages and the run's row (``turn_open``); the turn's log is
+    writes the conversation, the messages and the run's row (``turn_openings_write``); the turn's log is
     written only once they are committed, and if they fail the run is called off. A turn that continues a
     conversation reads its history first (``turn_prepare``), then starts."""
     args = {"org": org, "user": user, "agent": agent, "message": message, "channel": channel}
@@ -508,7 +485,7 @@ async def astart_turn(
         _spawn(turn, stored=False)
         try:
             if on_short_lived_loop():  # a sync caller (a test): its thread, connection and transaction
-                await sync_to_async(turn_open)(**writes)
+                await sync_to_async(_write_opening_rows)(_opening_rows(writes))
             else:  # a server's loop: together with concurrent openings
                 await _loop_openings.write(_opening_rows(writes))
         except BaseException as exc:
@@ -544,7 +521,7 @@ def start_turn(
             if server_loop_of_this_thread() is not None:  # a view thread under an ASGI server
                 _openings.write(_opening_rows(writes))
             else:  # a test, a Celery task: this thread's connection (and transaction)
-                turn_open(**writes)
+                _write_opening_rows(_opening_rows(writes))
         except BaseException as exc:
             _opened(turn, exc)
             raise
@@ -688,6 +665,35 @@ def turn_log_write(
 _PROGRESS_FIELDS = {"content", "parts", "citations", "last_seq"}
 
 
+def _columns(model, *names: str) -> dict[str, Any]:
+    """The quoted table (``table``) and columns (by field name) of ``model``, for psycopg's SQL."""
+    from psycopg import sql
+
+    quoted = {name: sql.Identifier(model._meta.get_field(name).column) for name in names}
+    return {"table": sql.Identifier(model._meta.db_table), **quoted}
+
+
+@functools.cache
+def _progress_statement():
+    from psycopg import sql
+
+    return sql.SQL(
+        "UPDATE {table} SET {content} = r.c, {parts} = r.p, {citations} = r.ci, {last_seq} = r.s, "
+        "{updated_at} = %s FROM unnest(%s::uuid[], %s::text[], %s::jsonb[], %s::jsonb[], %s::int[]) "
+        "AS r(id, c, p, ci, s) WHERE {table}.{id} = r.id"
+    ).format(**_columns(Message, "id", *_PROGRESS_FIELDS, "updated_at"))
+
+
+@functools.cache
+def _events_statement():
+    from psycopg import sql
+
+    return sql.SQL(
+        "INSERT INTO {table} ({message}, {seq}, {event}, {data}, {created_at}) SELECT m, s, e, d, %s "
+        "FROM unnest(%s::uuid[], %s::int[], %s::text[], %s::jsonb[]) AS r(m, s, e, d)"
+    ).format(**_columns(MessageEvent, "message", "seq", "event", "data", "created_at"))
+
+
 def _progress_update(progress: list[tuple[Any, dict[str, Any]]], *, now) -> None:
     """Save the text so far of streaming messages (``_PROGRESS_FIELDS``): on PostgreSQL one
     ``UPDATE … FROM unnest(…)`` for all of them (at 200 streams, two hundred UPDATEs a second
@@ -699,24 +705,11 @@ def _progress_update(progress: list[tuple[Any, dict[str, Any]]], *, now) -> None
         for message_id, fields in progress:
             Message.objects.filter(pk=message_id).update(**fields, updated_at=now)
         return
-    from psycopg import sql
     from psycopg.types.json import Jsonb
 
-    def column(name: str) -> sql.Identifier:
-        return sql.Identifier(Message._meta.get_field(name).column)
-
-    statement = sql.SQL(
-        "UPDATE {table} SET {content} = r.c, {parts} = r.p, {citations} = r.ci, {last_seq} = r.s, "
-        "{updated_at} = %s FROM unnest(%s::uuid[], %s::text[], %s::jsonb[], %s::jsonb[], %s::int[]) "
-        "AS r(id, c, p, ci, s) WHERE {table}.{pk} = r.id"
-    ).format(
-        table=sql.Identifier(Message._meta.db_table),
-        pk=column("id"),
-        **{name: column(name) for name in (*_PROGRESS_FIELDS, "updated_at")},
-    )
     with server_binding_cursor(connection) as cursor:
         cursor.execute(
-            statement,
+            _progress_statement(),
             [
                 now,
                 [message_id for message_id, _ in progress],
@@ -741,21 +734,12 @@ def _events_insert(events: list[tuple[Any, int, str, dict]], *, now) -> None:
             [MessageEvent(message_id=m, seq=seq, event=name, data=data) for m, seq, name, data in events]
         )
         return
-    from psycopg import sql
     from psycopg.types.json import Jsonb
 
-    fields = ("message", "seq", "event", "data", "created_at")
-    statement = sql.SQL(
-        "INSERT INTO {table} ({columns}) SELECT m, s, e, d, %s "
-        "FROM unnest(%s::uuid[], %s::int[], %s::text[], %s::jsonb[]) AS r(m, s, e, d)"
-    ).format(
-        table=sql.Identifier(MessageEvent._meta.db_table),
-        columns=sql.SQL(", ").join(sql.Identifier(MessageEvent._meta.get_field(f).column) for f in fields),
-    )
     ids, seqs, names, datas = zip(*events, strict=True)
     with server_binding_cursor(connection) as cursor:
         cursor.execute(
-            statement,
+            _events_statement(),
             [now, list(ids), list(seqs), list(names), [Jsonb(data) for data in datas]],
         )
 
