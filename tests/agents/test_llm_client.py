@@ -12,7 +12,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion
 
-from agents.llm.client import CONNECTION_LIMITS, Fields, ResolvedProvider, as_fields, make_client
+from agents.llm.client import CONNECTION_LIMITS, Fields, ResolvedProvider, make_client, parse_fields
 
 
 @pytest.fixture
@@ -78,7 +78,8 @@ def test_whole_completions_are_still_the_sdk_models(client):
 
 
 def test_fields_stay_a_plain_dict_for_copy_and_pickle():
-    chunk = as_fields({"choices": [{"delta": {"content": "x"}}], "usage": None})
+    chunk = parse_fields('{"choices": [{"delta": {"content": "x"}}], "usage": null}')
+    assert isinstance(chunk, Fields) and isinstance(chunk.choices[0].delta, Fields)
     assert chunk.choices[0].delta.content == "x" and chunk.usage is None and chunk.id is None
     assert copy.deepcopy(chunk) == chunk
     assert pickle.loads(pickle.dumps(chunk)) == chunk  # noqa: S301 - our own bytes
