@@ -27,11 +27,13 @@ def sse_frame(data: Any, *, event: str | None = None, event_id: int | str | None
 KEEPALIVE = ": keepalive\n\n"
 
 
-async def _counted(kind: str, frames: AsyncIterator[str]) -> AsyncIterator[str]:
+async def _counted(kind: str, frames: AsyncIterator[str]) -> AsyncIterator[bytes]:
+    # Bytes, encoded here: Django encodes a str part with the response's charset, which it finds
+    # by parsing the Content-Type header again for every part (every token of a stream).
     metrics.STREAMS_OPEN.labels(kind).inc()
     try:
         async for frame in frames:
-            yield frame
+            yield frame.encode()
     finally:
         metrics.STREAMS_OPEN.labels(kind).dec()
 
