@@ -167,13 +167,13 @@ class ChatCompletionsView(OpenAIView):
         outcome = openai_compat.run_sync(target, messages, options=options)
         return Response(chat_completion(model=target.label, outcome=outcome))
 
-    async def loop_post(self, request):
+    loop_serializer_class = ChatCompletionInputSerializer
+
+    async def loop_post(self, request, data):
         """A valid streamed completion, served on the loop (``chat.api.own_thread``); the rest is
         left to :meth:`post`."""
-        serializer = ChatCompletionInputSerializer(data=request.data)
-        if not serializer.is_valid() or not serializer.validated_data["stream"]:
+        if not data["stream"]:
             return None
-        data = serializer.validated_data
         try:
             messages = openai_compat.validate_messages(data["messages"])
         except ApplicationError:
@@ -240,13 +240,13 @@ class ResponsesView(OpenAIView):
         outcome = openai_compat.run_sync(target, messages, options=options)
         return Response(builder.finish(outcome))
 
-    async def loop_post(self, request):
+    loop_serializer_class = ResponseInputSerializer
+
+    async def loop_post(self, request, data):
         """A valid streamed response, served on the loop (``chat.api.own_thread``); the rest is
         left to :meth:`post`."""
-        serializer = ResponseInputSerializer(data=request.data)
-        if not serializer.is_valid() or not serializer.validated_data["stream"]:
+        if not data["stream"]:
             return None
-        data = serializer.validated_data
         try:
             messages = responses_messages(data["input"], data.get("instructions"))
             options = _responses_options(data)

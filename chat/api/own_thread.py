@@ -1,12 +1,15 @@
 """DRF views on the path to a stream's first token: on the event loop when they can, else in a
 worker thread of their own.
 
-A view class that defines ``async def loop_post(request)`` serves the requests it can settle
-without blocking on the server's loop, with no thread at all: API-key authentication through
-``accounts.loop_auth``, then DRF's own ``initial`` (negotiation, permissions, throttles: nothing
-there reads the database once the key is known) and the handler, which answers the response or
-None. Anything else (no settled key, a refusal, an invalid body, a request the handler leaves to
-the thread) runs the view as below, which answers errors exactly as before; nothing has been
+A view class that defines ``loop_serializer_class`` and ``async def loop_post(request, data)``
+serves the requests it can settle without blocking on the server's loop, with no thread at all:
+API-key authentication through ``accounts.loop_auth``, then DRF's own ``initial`` (negotiation,
+permissions, throttles: nothing there reads the database once the key is known) and the handler,
+given the body as the serializer validated it, which answers the response or None. The body is
+parsed and validated while the key's cache read is on its way to Redis and back (it needs nothing
+the key decides), but used only once the key is settled. Anything else (no settled key, a refusal,
+an invalid body, a request the handler leaves to the thread) runs the view as below, which answers
+errors exactly as before, in DRF's order (authentication before the body); nothing has been
 written or started on the loop by then.
 
 Under an ASGI server Django runs every sync view in one thread that the whole process shares with
@@ -25,6 +28,7 @@ does.
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import sync_to_async
@@ -51,19 +55,27 @@ async def _on_loop(cls, initkwargs: dict, request, args, kwargs):
     from accounts import loop_auth
     from core.errors import ApplicationError
 
-    key = await loop_auth.aauthenticate(request, cls)
-    if key is None:
-        return None
+    authenticating = asyncio.ensure_future(loop_auth.aauthenticate(request, cls))
+    await asyncio.sleep(0)  # the key's cache read goes out; the body is read while it travels
     self = cls(**initkwargs)
     self.setup(request, *args, **kwargs)
     self.args, self.kwargs = args, kwargs
     drf_request = self.initialize_request(request, *args, **kwargs)
+    try:
+        body = cls.loop_serializer_class(data=drf_request.data)
+        data = body.validated_data if body.is_valid() else None
+    except APIException:  # a body that does not parse: the thread answers it, after the key
+        data = None
+    finally:
+        key = await authenticating  # always awaited: it counted the request against the key's limit
+    if key is None or data is None:
+        return None
     self.request = drf_request
     self.headers = self.default_response_headers
     loop_auth.bind(drf_request, key)
     try:
         self.initial(drf_request, *args, **kwargs)
-        response = await self.loop_post(drf_request, *args, **kwargs)
+        response = await self.loop_post(drf_request, data, *args, **kwargs)
     except (APIException, ApplicationError):
         return None  # the thread answers it, as it answers any other refusal
     if response is None:

@@ -123,14 +123,12 @@ class ChatTurnView(OwnThreadMixin, JsonErrorsMixin, TenantAPIView):
         )
         return _turn_response(started, data)
 
-    async def loop_post(self, request):
+    loop_serializer_class = ChatTurnInputSerializer
+
+    async def loop_post(self, request, data):
         """A valid turn through an API key, started on the loop (``chat.api.own_thread``): the
         agent is read from the cache on the loop, the turn started with ``astart_turn``. Anything it would
         refuse is left to :meth:`post` (nothing is written or started before it is refused)."""
-        body = ChatTurnInputSerializer(data=request.data)
-        if not body.is_valid():
-            return None
-        data = body.validated_data
         request_context.set_channel("api")
         try:
             agent = await turns.aresolve_agent(

@@ -242,3 +242,29 @@ def test_streams_served_on_the_loop_match_the_threads_and_count_once_each(limite
     assert all(last.usage is not None and last.usage.completion_tokens > 0 for _text, last in answers)
     assert refused.value.status_code == 429
     assert refused.value.body["code"] == "rate_limit_exceeded"
+
+
+def test_a_body_read_while_the_key_is_checked_keeps_drf_order_and_counts_once(limited_server, raw_key, agent):
+    """On the loop the body is validated while the key's cache read is in flight
+    (``chat.api.own_thread``); what the client sees is still DRF's order: a bad key is a 401
+    whatever the body, a bad body with a good key the 400, and that request counts once against
+    the key's limit like any other (three a minute here: two more pass, the next is refused)."""
+    import httpx
+
+    url = f"{limited_server.base_url}/v1/chat/completions"
+    bad_body = {"model": "fake", "messages": [], "stream": True}
+    good_body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with httpx.Client(timeout=30) as http:
+        unknown = http.post(url, json=bad_body, headers={"Authorization": "Bearer sk-not-a-key"})
+        refused_body = http.post(url, json=bad_body, headers={"Authorization": f"Bearer {raw_key}"})
+        passed = [
+            http.post(url, json=good_body, headers={"Authorization": f"Bearer {raw_key}"}).status_code
+            for _ in range(2)
+        ]
+        over = http.post(url, json=good_body, headers={"Authorization": f"Bearer {raw_key}"})
+
+    assert unknown.status_code == 401 and unknown.json()["error"]["code"]
+    assert refused_body.status_code == 400
+    assert "messages" in refused_body.json()["error"]["message"]
+    assert passed == [200, 200]
+    assert over.status_code == 429 and over.json()["error"]["code"] == "rate_limit_exceeded"
