@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from asgiref.sync import sync_to_async
 from django import db
+from django.core.exceptions import ImproperlyConfigured
 
 from agents.llm import on_short_lived_loop
 
@@ -90,6 +91,8 @@ class OwnThreadMixin:
     def as_view(cls, **initkwargs):
         view = super().as_view(**initkwargs)
         on_loop = hasattr(cls, "loop_post")
+        if on_loop and getattr(cls, "loop_serializer_class", None) is None:
+            raise ImproperlyConfigured(f"{cls.__name__} defines loop_post but no loop_serializer_class.")
 
         def run(request, *args, **kwargs):
             try:

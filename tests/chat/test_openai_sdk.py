@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 
+import httpx
 import openai
 import pytest
 
@@ -249,8 +250,6 @@ def test_a_body_read_while_the_key_is_checked_keeps_drf_order_and_counts_once(li
     (``chat.api.own_thread``); what the client sees is still DRF's order: a bad key is a 401
     whatever the body, a bad body with a good key the 400, and that request counts once against
     the key's limit like any other (three a minute here: two more pass, the next is refused)."""
-    import httpx
-
     url = f"{limited_server.base_url}/v1/chat/completions"
     bad_body = {"model": "fake", "messages": [], "stream": True}
     good_body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "stream": True}
