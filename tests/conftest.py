@@ -114,6 +114,18 @@ def _loop_writers_closed(django_db_setup):
     close_connections()
 
 
+@pytest.fixture(autouse=True)
+def _servers_idle_before_flush(django_db_blocker):
+    """Let the test servers still running (``tests.support.asgi_server``) finish their work before
+    pytest-django flushes the database: see ``wait_until_servers_idle``. Autouse fixtures of the
+    plugin are set up first, so this one's teardown runs before pytest-django's."""
+    yield
+    from tests.support.asgi_server import wait_until_servers_idle
+
+    with django_db_blocker.unblock():
+        wait_until_servers_idle()
+
+
 @pytest.fixture(scope="session")
 def fake_upstream():
     """The fake OpenAI-compatible upstream (tests/fakes/openai_upstream.py) on a loopback port."""

@@ -62,14 +62,20 @@ def free_port() -> int:
 
 @dataclass
 class AsgiServer:
-    """A running Daphne: its base URL, and its log for failure messages."""
+    """A running Daphne: its base URL, its log for failure messages, and the ``application_name``
+    its database connections carry (``wait_until_servers_idle``)."""
 
     base_url: str
     process: subprocess.Popen
     log_path: Path
+    application_name: str = ""
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+# The servers this process has running: their work must end before a test's database is flushed.
+_running: list[AsgiServer] = []
 
 
 @contextmanager
@@ -98,6 +104,9 @@ def run_asgi_server(
     env.update(extra_env or {})
 
     log_path = log_dir / "daphne.log"
+    # libpq reads PGAPPNAME: every connection of the server (Django's, the loop writer's) says whose
+    # it is in pg_stat_activity.
+    application_name = env["PGAPPNAME"] = f"test-asgi-server-{os.getpid()}-{time.monotonic_ns()}"
     last_error: Exception | None = None
     for _attempt in range(3):  # another process may take the free port before Daphne binds it
         port = free_port()
@@ -118,19 +127,54 @@ def run_asgi_server(
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
-        server = AsgiServer(base_url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
+        server = AsgiServer(
+            base_url=f"http://127.0.0.1:{port}",
+            process=process,
+            log_path=log_path,
+            application_name=application_name,
+        )
         try:
             _wait_until_ready(server, startup_timeout)
         except Exception as exc:
             _stop(process)
             last_error = exc
             continue
+        _running.append(server)
         try:
             yield server
         finally:
+            _running.remove(server)
             _stop(process)
         return
     raise RuntimeError(f"Daphne did not start: {last_error}\n--- server log ---\n{server.log()}")
+
+
+def wait_until_servers_idle(*, quiet_checks: int = 4, interval: float = 0.025, timeout: float = 10.0) -> None:
+    """Return once no running server has had a statement or a transaction open in the database
+    for ``quiet_checks`` checks in a row (bounded by ``timeout``).
+
+    A server goes on working after a response has ended: a stream's usage is settled after its
+    last frame, a stale cache is refreshed after the request that found it. The flush that ends a
+    transactional test truncates every table; a server statement that holds a lock on one table
+    while it waits for another that the flush holds is a deadlock, and PostgreSQL may end the
+    flush to break it, which fails the test. Several checks in a row bridge the gaps between the
+    statements of one piece of work.
+    """
+    names = [server.application_name for server in _running if server.process.poll() is None]
+    if not names or connection.vendor != "postgresql":
+        return
+    deadline = time.monotonic() + timeout
+    quiet = 0
+    while quiet < quiet_checks and time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = ANY(%s) AND state <> 'idle'",
+                [names],
+            )
+            busy = cursor.fetchone()[0]
+        quiet = 0 if busy else quiet + 1
+        if quiet < quiet_checks:
+            time.sleep(interval)  # waiting for another process's work, not asserting timing
 
 
 def _wait_until_ready(server: AsgiServer, timeout: float) -> None:
