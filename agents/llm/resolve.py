@@ -23,6 +23,7 @@ Health updates of the choke point (queryset updates, no signals) drop the entry 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
 import time
@@ -105,16 +106,27 @@ def _cached_or_stale(key: tuple[str, Any]) -> tuple[Any, bool]:
     return None, False
 
 
-_refreshing: set[str] = set()
+# Orgs whose snapshot is being reloaded, with when the reload was asked for: one at a time per
+# org. One asked for long ago was lost with its loop (a test's loop that ended before its timer).
+_refreshing: dict[str, float] = {}
+REFRESH_ABANDONED_SECONDS = 30.0
+
+# A reload starts this long after the call that found the entry expired: that call is building
+# and sending its upstream request at that moment, and a thread reading the database then would
+# contend with it for the GIL and delay its first token (``bench/stream_fanout.py``).
+REFRESH_DELAY_SECONDS = 0.05
 
 
 def _refresh_soon(*, org: Any, user: Any, agent: Any, model: str | None) -> None:
-    """Reload an org's (and a user's) snapshot on a pool thread, once at a time per org."""
+    """Reload an org's (and a user's) snapshot on a pool thread, once at a time per org, a moment
+    after the call that asked (from the server's loop)."""
     flight = str(org.pk)
+    now = time.monotonic()
     with _lock:
-        if flight in _refreshing:
+        asked = _refreshing.get(flight)
+        if asked is not None and now - asked < REFRESH_ABANDONED_SECONDS:
             return
-        _refreshing.add(flight)
+        _refreshing[flight] = now
 
     def refresh() -> None:
         try:
@@ -124,9 +136,9 @@ def _refresh_soon(*, org: Any, user: Any, agent: Any, model: str | None) -> None
             pass  # the next call finds out and says so
         finally:
             with _lock:
-                _refreshing.discard(flight)
+                _refreshing.pop(flight, None)
 
-    submit_db(refresh)
+    asyncio.get_running_loop().call_later(REFRESH_DELAY_SECONDS, submit_db, refresh)
 
 
 def _store(key: tuple[str, Any], value: Any) -> Any:

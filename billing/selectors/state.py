@@ -13,6 +13,8 @@ within that second.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,12 +25,14 @@ from django.conf import settings
 from django.core.cache import cache
 
 from billing.catalogue import Price, catalogue_price, plan_get
+from core import aredis
 from core.db_threads import on_server_loop, submit_db
 
 _KEY = "billing:org-state:v1:{}"
 _local: dict[str, tuple[float, Any]] = {}
 _local_lock = threading.Lock()
 _refreshing: set[str] = set()
+_tasks: set[asyncio.Task] = set()
 
 
 @dataclass(frozen=True)
@@ -99,21 +103,26 @@ def org_state(org_id: Any) -> OrgState:
     if state is None:
         state = _load(str(org_id))
         cache.set(key, state, int(getattr(settings, "USAGE_CAP_CACHE_SECONDS", 30)))
+    _keep(key, state, now)
+    return state
+
+
+def _keep(key: str, state: OrgState, now: float) -> None:
     local_seconds = float(getattr(settings, "USAGE_CAP_LOCAL_SECONDS", 1.0))
     if local_seconds > 0:
         with _local_lock:
             if len(_local) > 10_000:
                 _local.clear()
             _local[key] = (now + local_seconds, state)
-    return state
 
 
 def org_state_if_local(org_id: Any) -> OrgState | None:
     """The state this process holds for the org right now, without any I/O; None when it has none.
 
     On a server's event loop a state a little past its second (up to ``USAGE_CAP_LOCAL_STALE_SECONDS``)
-    is still answered while a pool thread fetches the fresh one, so that the calls of that moment
-    do not all leave the loop to fetch it; anywhere else (tests, tasks) only a fresh one counts.
+    is still answered while the loop fetches the fresh one (:func:`_arefresh`), so that the calls
+    of that moment do not all leave the loop to fetch it; anywhere else (tests, tasks) only a fresh
+    one counts.
     """
     key = _KEY.format(org_id)
     held = _local.get(key)
@@ -131,16 +140,38 @@ def org_state_if_local(org_id: Any) -> OrgState | None:
         if key in _refreshing:
             return held[1]
         _refreshing.add(key)
+    task = asyncio.get_running_loop().create_task(_arefresh(org_id, key), context=contextvars.Context())
+    _tasks.add(task)  # the loop holds its tasks weakly
+    task.add_done_callback(_tasks.discard)
+    return held[1]
 
-    def refresh() -> None:
+
+async def _arefresh(org_id: Any, key: str) -> None:
+    """Fetch the org's state into this process from the event loop: the shared cache is read on
+    the loop (``core.aredis``), and only when it does not hold the state is it loaded on a pool
+    thread. A thread woken for every refresh would contend for the GIL with the loop, which at
+    that moment is sending the call that found the state stale (``bench/stream_fanout.py``)."""
+
+    def load() -> None:
         try:
             org_state(org_id)
         finally:
             with _local_lock:
                 _refreshing.discard(key)
 
-    submit_db(refresh)
-    return held[1]
+    handed_over = False
+    try:
+        read = await aredis.cache_get_many_and_count([key])
+        state = read[0].get(key) if read is not None else None
+        if state is None:
+            submit_db(load)
+            handed_over = True
+        else:
+            _keep(key, state, time.monotonic())
+    finally:
+        if not handed_over:
+            with _local_lock:
+                _refreshing.discard(key)
 
 
 def invalidate_org_state(org_id: Any) -> None:

@@ -325,15 +325,23 @@ def test_on_a_server_loop_a_just_expired_resolution_answers_while_a_thread_reloa
     async def on_the_loop():
         return [c.provider.base_url for c in await resolve_module.aresolve_candidates(org=org)]
 
+    async def reloaded():
+        answer = await on_the_loop()
+        pending = resolve_module._refreshing.copy()
+        for _ in range(400):
+            await asyncio.sleep(0.005)
+            if resolve_module._cached_or_stale(("org", str(org.pk)))[1]:
+                break
+        settings.LLM_RESOLVE_CACHE_SECONDS = 60
+        return answer, pending, await on_the_loop()
+
     # asyncio.run's loop is a server's loop (not one async_to_sync made): the expired answer serves
-    # once more, and a pool thread reads the edit meanwhile.
-    assert asyncio.run(on_the_loop()) == ["https://llm.example.com/v1"]
-    for _ in range(200):
-        if resolve_module._cached_or_stale(("org", str(org.pk)))[1]:
-            break
-        time.sleep(0.005)
-    settings.LLM_RESOLVE_CACHE_SECONDS = 60
-    assert asyncio.run(on_the_loop()) == ["https://moved.example.com/v1"]
+    # once more, and a pool thread reads the edit a moment later.
+    answer, pending, after = asyncio.run(reloaded())
+    assert answer == ["https://llm.example.com/v1"]
+    assert list(pending) == [str(org.pk)]
+    assert after == ["https://moved.example.com/v1"]
+    assert not resolve_module._refreshing
 
     settings.LLM_RESOLVE_CACHE_SECONDS = 0.05
     settings.LLM_RESOLVE_STALE_SECONDS = 0

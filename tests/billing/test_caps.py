@@ -405,28 +405,53 @@ def test_the_guard_is_skipped_without_a_trip_when_the_state_in_memory_says_nothi
 
 
 @pytest.mark.django_db(transaction=True)
-def test_on_a_server_loop_a_just_expired_state_answers_while_a_thread_refetches_it(settings):
+def test_on_a_server_loop_a_just_expired_state_answers_while_the_loop_refetches_it(settings, monkeypatch):
     import asyncio
+    import dataclasses
     import time
+
+    from django.core.cache import cache
 
     from billing.selectors import state as state_module
     from tests.factories import OrganizationFactory
 
     org = OrganizationFactory()
+    key = state_module._KEY.format(org.pk)
     settings.USAGE_CAP_LOCAL_SECONDS = 0.05
     fresh = state_module.org_state(org.pk)
     time.sleep(0.1)  # past its second: a sync caller (a test, a task) no longer gets it
     assert state_module.org_state_if_local(org.pk) is None
+    # Another process stored a newer state in the shared cache meanwhile.
+    newer = dataclasses.replace(fresh, plan="newer")
+    cache.set(key, newer, 30)
+
+    threads = []
+    submit_db = state_module.submit_db
+    monkeypatch.setattr(state_module, "submit_db", lambda fn: (threads.append(fn), submit_db(fn)))
+
+    async def refetched():
+        stale = state_module.org_state_if_local(org.pk)  # answers, and starts a refetch on this loop
+        for _ in range(200):
+            await asyncio.sleep(0.005)
+            if state_module._local[key][0] > time.monotonic():
+                break
+        return stale, state_module.org_state_if_local(org.pk)
+
+    assert asyncio.run(refetched()) == (fresh, newer)  # the stale one, then the cache's
+    assert not threads  # read from the loop
+    assert not state_module._refreshing
+
+    # Not in the shared cache either: loaded from the database on a thread.
+    time.sleep(0.1)
+    cache.delete(key)
+    assert asyncio.run(refetched()) == (newer, fresh)
+    assert len(threads) == 1
+    assert cache.get(key) == fresh  # and stored there again
+
+    settings.USAGE_CAP_LOCAL_STALE_SECONDS = 0
+    time.sleep(0.1)
 
     async def on_the_loop():
         return state_module.org_state_if_local(org.pk)
 
-    assert asyncio.run(on_the_loop()) == fresh  # the stale state, and a refetch in the background
-    for _ in range(100):
-        if state_module.org_state_if_local(org.pk) is not None:
-            break
-        time.sleep(0.005)
-    assert state_module.org_state_if_local(org.pk) == fresh  # refetched and fresh again
-    settings.USAGE_CAP_LOCAL_STALE_SECONDS = 0
-    time.sleep(0.1)
     assert asyncio.run(on_the_loop()) is None  # too old to answer
