@@ -15,6 +15,8 @@ codes OpenAI's SDKs turn into their exception classes; another org's agent is a 
 
 from __future__ import annotations
 
+import asyncio
+
 from django.urls import path
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -117,15 +119,22 @@ class OpenAIView(OwnThreadMixin, TenantAPIView):
         except ApplicationError:
             return None
 
-    def stream_here(self, request, target, messages, options):
+    async def stream_here(self, request, target, messages, options):
+        """The events of a stream served on the loop, whose run has started: it goes as far as
+        sending the upstream request before the response is made (the loop makes it meanwhile)."""
         key = _api_key(request)
-        return openai_compat.stream_events_here(
+        events = openai_compat.stream_events_here(
             target,
             messages,
             options=options,
             request_id=getattr(request, "request_id", None),
             api_key_id=key.pk if key is not None else None,
         )
+        # Two turns of the loop: the run's task goes as far as its first wait, and so does the
+        # agent run's own task, which the first one starts for an agent.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return events
 
 
 class ChatCompletionsView(OpenAIView):
@@ -181,7 +190,7 @@ class ChatCompletionsView(OpenAIView):
         target = await self.stream_target(request, data["model"])
         if target is None:
             return None
-        events = self.stream_here(request, target, messages, _chat_options(data))
+        events = await self.stream_here(request, target, messages, _chat_options(data))
         return _chat_stream_response(events, target, data)
 
 
@@ -256,7 +265,7 @@ class ResponsesView(OpenAIView):
         if target is None:
             return None
         builder = ResponseBuilder(model=target.label, data=data)
-        events = self.stream_here(request, target, messages, options)
+        events = await self.stream_here(request, target, messages, options)
         return sse_response(response_frames(events, builder=builder), kind="openai")
 
 

@@ -302,7 +302,7 @@ def run_sync(target: Target, messages: list[dict], *, options: dict[str, Any] | 
     return async_to_sync(run)()
 
 
-async def stream_events_here(
+def stream_events_here(
     target: Target,
     messages: list[dict],
     *,
@@ -310,19 +310,66 @@ async def stream_events_here(
     request_id: str | None = None,
     api_key_id: Any = None,
 ) -> AsyncIterator[Event]:
-    """The events of a streamed run, produced as they are read, in the reader's own task: for an
-    async view on the server's loop, whose response body is that task (no producer task, no queue
-    between the upstream's chunk and the client's frame). The run starts at the first read; an
-    error reaches the reader as the ApplicationError it was; closing the generator (the client went
-    away: Django cancels the task) closes the upstream call at once."""
-    context.adopt(CHANNEL, request_id=request_id, api_key_id=api_key_id)
-    events = run_events(target, messages, stream=True, options=options)
-    async with contextlib.aclosing(events):
-        async for event in events:
+    """The events of a streamed run, for an async view on the server's loop whose response body is
+    the reader: no producer task, no queue between the upstream's chunk and the client's frame.
+
+    The run starts at once, in a task of its own, up to its first event (the providers resolved,
+    the guards passed, the upstream request sent and answered): while it waits for the upstream the
+    loop makes the view's response and sends its headers. The reader takes the first event from
+    that task and reads the rest from the run itself. An error reaches the reader as the
+    ApplicationError it was; closing the reader (the client went away: Django cancels the task)
+    closes the upstream call at once; a run nobody starts reading within
+    ``UNCLAIMED_STREAM_SECONDS`` (the client left before its response began) is cancelled."""
+
+    async def run() -> AsyncIterator[Event]:
+        context.adopt(CHANNEL, request_id=request_id, api_key_id=api_key_id)
+        events = run_events(target, messages, stream=True, options=options)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event
+
+    events = run()
+    first = asyncio.ensure_future(anext(events))
+    claimed = False
+
+    def unclaimed() -> None:
+        if claimed:
+            return
+        if not first.done():
+            first.cancel()  # thrown into the run, which closes the upstream call
+        else:
+            closing = loop.create_task(events.aclose())
+            _closing.add(closing)  # the loop holds its tasks weakly
+            closing.add_done_callback(_closing.discard)
+
+    loop = asyncio.get_running_loop()
+    timer = loop.call_later(UNCLAIMED_STREAM_SECONDS, unclaimed)
+
+    async def read() -> AsyncIterator[Event]:
+        nonlocal claimed
+        claimed = True
+        timer.cancel()
+        context.adopt(CHANNEL, request_id=request_id, api_key_id=api_key_id)
+        try:
+            try:
+                event = await first
+            except StopAsyncIteration:
+                return
             yield event
+            async for event in events:
+                yield event
+        finally:
+            if not first.done():
+                first.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await first
+            await events.aclose()
+
+    return read()
 
 
 UNCLAIMED_STREAM_SECONDS = 30.0
+_closing: set[asyncio.Task] = set()
 
 
 def stream_events(

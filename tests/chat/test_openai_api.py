@@ -516,3 +516,66 @@ def test_from_a_view_thread_the_run_starts_before_reading_and_an_unread_stream_i
         assert events is not None
     finally:
         loop.call_soon_threadsafe(loop.stop)
+
+
+def test_on_the_loop_the_run_goes_to_its_first_event_before_reading_and_the_reader_takes_over(monkeypatch):
+    """``stream_events_here`` (async views on the server's loop): the run is under way before the
+    response is read; the reader gets every event in order and, closing early, closes the run."""
+    from chat.services import openai_compat
+
+    steps: list[str] = []
+
+    async def fake_run(*args, **kwargs):
+        try:
+            for n in range(3):
+                steps.append(f"sent {n}")
+                yield "delta", str(n)
+            await asyncio.sleep(60)
+        finally:
+            steps.append("closed")
+
+    monkeypatch.setattr(openai_compat, "run_events", fake_run)
+    target = openai_compat.Target(org=None, user=None, label="m", model="m")
+
+    async def main():
+        events = openai_compat.stream_events_here(target, [{"role": "user", "content": "x"}])
+        await asyncio.sleep(0)
+        before_reading = list(steps)
+        read = [await anext(events) for _ in range(3)]
+        await events.aclose()
+        return before_reading, read
+
+    before_reading, read = asyncio.run(main())
+    assert before_reading == ["sent 0"]
+    assert read == [("delta", "0"), ("delta", "1"), ("delta", "2")]
+    assert steps[-1] == "closed"
+
+
+@pytest.mark.parametrize("first_event", [True, False], ids=["after-its-first-event", "before-it"])
+def test_on_the_loop_a_run_nobody_reads_is_called_off(monkeypatch, first_event):
+    from chat.services import openai_compat
+
+    closed = []
+
+    async def fake_run(*args, **kwargs):
+        try:
+            if first_event:
+                yield "delta", "hi"
+            await asyncio.sleep(60)
+            yield "delta", "never"
+        finally:
+            closed.append(True)
+
+    monkeypatch.setattr(openai_compat, "run_events", fake_run)
+    monkeypatch.setattr(openai_compat, "UNCLAIMED_STREAM_SECONDS", 0.1)
+    target = openai_compat.Target(org=None, user=None, label="m", model="m")
+
+    async def main():
+        openai_compat.stream_events_here(target, [{"role": "user", "content": "x"}])
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if closed:
+                break
+        return list(closed)  # before asyncio.run cancels what is left
+
+    assert asyncio.run(main()) == [True]
