@@ -4,7 +4,7 @@ or credits; it calls whatever is registered here."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 # before(call: dict) -> reservation (may raise an ApplicationError to refuse the call, e.g. 429
@@ -16,6 +16,7 @@ _guards: list[LLMGuard] = []
 _guard_applies: dict[Callable[[dict], Any], Callable[[dict], bool | None]] = {}
 _guard_try_before: dict[Callable[[dict], Any], Callable[[dict], Any]] = {}
 _usage_listeners: list[UsageListener] = []
+_usage_listeners_on_loop: dict[UsageListener, Callable[[dict], Awaitable[bool]]] = {}
 
 
 def register_llm_guard(
@@ -56,15 +57,28 @@ def llm_guards_for(call: dict) -> list[LLMGuard]:
     return guards
 
 
-def register_usage_listener(listener: UsageListener) -> UsageListener:
-    """Receive one usage event per LLM call: tokens, model, provider, latency, status, who."""
+def register_usage_listener(
+    listener: UsageListener, *, on_loop: Callable[[dict], Awaitable[bool]] | None = None
+) -> UsageListener:
+    """Receive one usage event per LLM call: tokens, model, provider, latency, status, who.
+
+    ``on_loop(event)``, if given, is tried first when the call ends on a server's event loop: it
+    handles the event there without a thread and answers True, or answers False (having done
+    nothing) and ``listener`` gets the event on a database thread as usual."""
     if listener not in _usage_listeners:
         _usage_listeners.append(listener)
+    if on_loop is not None:
+        _usage_listeners_on_loop[listener] = on_loop
     return listener
 
 
 def usage_listeners() -> list[UsageListener]:
     return list(_usage_listeners)
+
+
+def usage_listener_on_loop(listener: UsageListener) -> Callable[[dict], Awaitable[bool]] | None:
+    """The listener's event-loop variant, if it registered one."""
+    return _usage_listeners_on_loop.get(listener)
 
 
 CostEstimator = Callable[..., int | None]

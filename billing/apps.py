@@ -21,14 +21,14 @@ class BillingConfig(AppConfig):
             usage_settle,
         )
         from billing.services.plans import plan_limit_check
-        from billing.services.usage import record_usage_event, usage_rollup
+        from billing.services.usage import arecord_usage_event, record_usage_event, usage_rollup
         from core.crons import register_cron
         from core.quotas import register_limit_checker
 
         register_llm_guard(
             usage_reserve, usage_settle, applies=usage_guard_applies, try_before=usage_reserve_in_memory
         )
-        register_usage_listener(record_usage_event)
+        register_usage_listener(record_usage_event, on_loop=arecord_usage_event)
         register_cost_estimator(cost_estimate_micros)
         register_limit_checker(plan_limit_check)
         register_cron(

@@ -57,10 +57,10 @@ from agents.llm import resolve
 from agents.llm.client import ResolvedProvider, make_client
 from agents.llm.errors import ProviderAuthError, ProviderBadRequest, ProviderUnavailable
 from agents.models import Provider
-from agents.registries import guard_try_before, llm_guards_for, usage_listeners
+from agents.registries import guard_try_before, llm_guards_for, usage_listener_on_loop, usage_listeners
 from core import context as request_context
+from core.db_threads import on_server_loop, run_db
 from core.db_threads import on_short_lived_loop as _on_short_lived_loop
-from core.db_threads import run_db
 from core.errors import ApplicationError
 from core.metrics import LLM_TOKENS
 from core.outbound import OutboundBlocked
@@ -570,6 +570,8 @@ class _Call:
             ):
                 health = "recovered"
         listeners = usage_listeners() if event is not None else []
+        if listeners and on_server_loop():
+            listeners = [listener for listener in listeners if not await _on_loop(listener, event)]
         if reservations or listeners or health:
             guard_usage = (
                 usage
@@ -725,6 +727,18 @@ class _Call:
         except ApplicationError as error:
             await self.settle_refused(provider, error)
             raise
+
+
+async def _on_loop(listener, event: dict) -> bool:
+    """Whether the listener's event-loop variant took the event (``usage_listener_on_loop``)."""
+    on_loop = usage_listener_on_loop(listener)
+    if on_loop is None:
+        return False
+    try:
+        return await on_loop(event)
+    except Exception:
+        logger.exception("LLM usage listener failed")
+        return True  # failed as the thread's call would have: logged, not retried
 
 
 def _event_status(error_code: str | None) -> str:

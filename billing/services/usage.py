@@ -14,8 +14,11 @@ from django.db.models.functions import TruncDay, TruncHour
 from django.utils import timezone
 
 from billing.models import UsageRecord, UsageRollup, UsageRollupState
-from billing.selectors.state import org_state, price_for
+from billing.selectors.state import OrgState, org_state, org_state_if_local, price_for
 from billing.services import hotpath
+from core.batch_writer import BatchWriter
+from core.loop_writer import LoopRowWriter
+from core.row_inserts import insert_rows
 
 logger = logging.getLogger(__name__)
 
@@ -31,13 +34,14 @@ def _uuid(value: Any) -> UUID | None:
         return None
 
 
-def _record_values(event: dict[str, Any]) -> dict[str, Any]:
+def _record_values(event: dict[str, Any], state: OrgState | None = None) -> dict[str, Any]:
     org_id = event["org_id"]
     prompt = max(0, int(event.get("prompt_tokens") or 0))
     completion = max(0, int(event.get("completion_tokens") or 0))
     model = str(event.get("model") or "")[:200]
     provider_type = str(event.get("provider_type") or "")[:32]
-    price = price_for(org_id=org_id, model=model, provider_type=provider_type, state=org_state(org_id))
+    state = state if state is not None else org_state(org_id)
+    price = price_for(org_id=org_id, model=model, provider_type=provider_type, state=state)
     status = event.get("status") if event.get("status") in STATUSES else UsageRecord.Status.ERROR
     return {
         "org_id": org_id,
@@ -77,6 +81,36 @@ def record_usage_event(event: dict[str, Any]) -> None:
     same row as :func:`usage_record_from_event`, inserted without building a model instance, as
     it runs after every LLM call."""
     hotpath.insert_row(UsageRecord, _record_values(event))
+
+
+def _records_write(records: list[UsageRecord]) -> None:
+    insert_rows([(UsageRecord, records)])
+
+
+# The records of calls that end on a server's loop (PostgreSQL): written from the loop, those
+# that end at the same moment in one statement (``core.loop_writer``).
+_loop_records: LoopRowWriter[UsageRecord] = LoopRowWriter(
+    "usage-records",
+    lambda records: [(UsageRecord, records)],
+    fallback=BatchWriter("usage-records", _records_write, lambda record: _records_write([record])),
+)
+
+
+async def arecord_usage_event(event: dict[str, Any]) -> bool:
+    """:func:`record_usage_event` from a server's event loop, without a thread: the org's prices
+    are in this process's memory and the row goes out on the loop's own connection. False (nothing
+    written) when it cannot (not on a server's loop, not PostgreSQL, the prices not in memory): the
+    caller then records the event on a thread as usual.
+
+    Every LLM call ends with its record; on a thread that is a wake-up and a GIL hand-over in the
+    middle of the other streams the loop serves (``bench/stream_fanout.py``)."""
+    if not _loop_records.on_loop():
+        return False
+    state = org_state_if_local(event["org_id"])
+    if state is None:
+        return False
+    await _loop_records.write(UsageRecord(**_record_values(event, state)))
+    return True
 
 
 def floor_hour(moment: datetime) -> datetime:

@@ -78,6 +78,51 @@ def test_every_llm_call_writes_one_priced_record(org, member, up):
     assert row.model == "fake-model-1" and row.latency_ms > 0
 
 
+def _stream_on_a_server_loop(org, user) -> None:
+    """One streamed call on a loop that stands for a server's (``asyncio.run``'s is one)."""
+    import asyncio
+
+    async def main():
+        try:
+            async with aclosing(astream(org=org, user=user, messages=HELLO, model="fake-model-1")) as chunks:
+                async for _ in chunks:
+                    pass
+        finally:
+            await aclose_clients()
+
+    asyncio.run(main())
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("prices_in_memory", [True, False], ids=["prices-in-memory", "prices-not-in-memory"])
+def test_on_a_server_loop_the_record_is_written_from_the_loop_when_the_prices_are_in_memory(
+    org, member, up, monkeypatch, settings, prices_in_memory
+):
+    from billing.selectors.state import invalidate_org_state, org_state
+    from billing.services import usage as usage_module
+
+    make_provider(org, up)
+    PriceOverride.objects.create(org=org, model="fake-model-1", input_per_million=2, output_per_million=10)
+    invalidate_org_state(org.pk)
+    on_threads = []
+    insert_row = usage_module.hotpath.insert_row
+    monkeypatch.setattr(
+        usage_module.hotpath, "insert_row", lambda *args: (on_threads.append(args[0]), insert_row(*args))
+    )
+    if prices_in_memory:
+        org_state(org.pk)  # as the call's guard leaves it (for a second)
+    else:
+        settings.USAGE_CAP_LOCAL_SECONDS = 0  # this process keeps no state in memory
+
+    _stream_on_a_server_loop(org, member)
+
+    row = UsageRecord.objects.get(org=org)
+    assert (row.prompt_tokens, row.completion_tokens, row.cost_micros) == (10, 3, 10 * 2 + 3 * 10)
+    assert row.status == "ok" and row.user_id == member.pk and row.price_known
+    assert on_threads == ([] if prices_in_memory else [UsageRecord])
+
+
 def test_a_model_without_price_is_recorded_with_cost_unknown(org, up):
     make_provider(org, up)
     chat(org=org, messages=HELLO, model="fake-model-1")
