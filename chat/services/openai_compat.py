@@ -337,6 +337,8 @@ def stream_events_here(
             return
         if not first.done():
             first.cancel()  # thrown into the run, which closes the upstream call
+        elif first.cancelled() or first.exception() is not None:
+            return  # the run has ended (its error is read here, so asyncio does not log it)
         else:
             closing = loop.create_task(events.aclose())
             _closing.add(closing)  # the loop holds its tasks weakly

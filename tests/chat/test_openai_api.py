@@ -4,6 +4,7 @@ OpenAI's shape. The official SDK against a live server is in test_openai_sdk.py.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 
 import pytest
@@ -12,6 +13,7 @@ from rest_framework.test import APIClient
 from accounts.models import Role
 from accounts.services.keys import api_key_create
 from agents.models import Agent, AgentRun
+from core.errors import ValidationError
 from tests.chat.conftest import make_agent, make_provider
 from tests.conftest import clear_cache
 from tests.factories import MembershipFactory
@@ -579,3 +581,23 @@ def test_on_the_loop_a_run_nobody_reads_is_called_off(monkeypatch, first_event):
         return list(closed)  # before asyncio.run cancels what is left
 
     assert asyncio.run(main()) == [True]
+
+
+def test_on_the_loop_a_run_that_failed_before_anyone_read_it_is_left_alone(monkeypatch, caplog):
+    from chat.services import openai_compat
+
+    async def fake_run(*args, **kwargs):
+        raise ValidationError("bad")
+        yield  # an async generator
+
+    monkeypatch.setattr(openai_compat, "run_events", fake_run)
+    monkeypatch.setattr(openai_compat, "UNCLAIMED_STREAM_SECONDS", 0.05)
+    target = openai_compat.Target(org=None, user=None, label="m", model="m")
+
+    async def main():
+        openai_compat.stream_events_here(target, [{"role": "user", "content": "x"}])
+        await asyncio.sleep(0.2)  # past the unclaimed timer
+        gc.collect()
+
+    asyncio.run(main())
+    assert "exception was never retrieved" not in caplog.text
