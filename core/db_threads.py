@@ -20,7 +20,7 @@ import functools
 import logging
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -134,6 +134,39 @@ def submit_db(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
             logger.exception("a background database step failed")
 
     _pool().submit(call)
+
+
+_started: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, asyncio.Task]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def start_once(key: Any, make: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+    """Start ``make()`` as a task of the running loop, in a fresh context, unless the task started
+    for ``key`` on this loop is still running; nobody awaits it, so its error is logged.
+
+    For work a caller starts and does not wait for (a cache reloaded after the call that found it
+    stale): one at a time per key, held here until it ends (the loop holds its tasks weakly), and
+    forgotten when it ends in any way, also cancelled before it ran (a test's loop that closed)."""
+    loop = asyncio.get_running_loop()
+    tasks = _started.get(loop)
+    if tasks is None:
+        tasks = _started[loop] = {}
+    if key in tasks:
+        return
+    task = tasks[key] = loop.create_task(make(), context=contextvars.Context())
+
+    def ended(task: asyncio.Task) -> None:
+        tasks.pop(key, None)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background work %r failed", key, exc_info=task.exception())
+
+    task.add_done_callback(ended)
+
+
+def started(key: Any) -> bool:
+    """Whether the task :func:`start_once` started for ``key`` on the running loop is running."""
+    return key in _started.get(asyncio.get_running_loop(), {})
 
 
 _shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, asyncio.Future]] = (

@@ -40,7 +40,7 @@ from django.utils import timezone
 from agents.llm.client import ResolvedProvider, parse_headers
 from agents.llm.errors import NoProviderError
 from agents.models import OrgAIConfig, PersonalAIConfig, Provider
-from core.db_threads import on_server_loop, run_db, submit_db
+from core.db_threads import on_server_loop, run_db, start_once
 
 DEFAULT_MODEL = "gpt-4o-mini"
 
@@ -106,11 +106,6 @@ def _cached_or_stale(key: tuple[str, Any]) -> tuple[Any, bool]:
     return None, False
 
 
-# Orgs whose snapshot is being reloaded, with when the reload was asked for: one at a time per
-# org. One asked for long ago was lost with its loop (a test's loop that ended before its timer).
-_refreshing: dict[str, float] = {}
-REFRESH_ABANDONED_SECONDS = 30.0
-
 # A reload starts this long after the call that found the entry expired: that call is building
 # and sending its upstream request at that moment, and a thread reading the database then would
 # contend with it for the GIL and delay its first token (``bench/stream_fanout.py``).
@@ -120,13 +115,6 @@ REFRESH_DELAY_SECONDS = 0.05
 def _refresh_soon(*, org: Any, user: Any, agent: Any, model: str | None) -> None:
     """Reload an org's (and a user's) snapshot on a pool thread, once at a time per org, a moment
     after the call that asked (from the server's loop)."""
-    flight = str(org.pk)
-    now = time.monotonic()
-    with _lock:
-        asked = _refreshing.get(flight)
-        if asked is not None and now - asked < REFRESH_ABANDONED_SECONDS:
-            return
-        _refreshing[flight] = now
 
     def refresh() -> None:
         try:
@@ -134,11 +122,17 @@ def _refresh_soon(*, org: Any, user: Any, agent: Any, model: str | None) -> None
             resolve_candidates(org=org, user=user, agent=agent, model=model)
         except NoProviderError:
             pass  # the next call finds out and says so
-        finally:
-            with _lock:
-                _refreshing.pop(flight, None)
 
-    asyncio.get_running_loop().call_later(REFRESH_DELAY_SECONDS, submit_db, refresh)
+    async def reload() -> None:
+        await asyncio.sleep(REFRESH_DELAY_SECONDS)
+        await run_db(refresh)
+
+    start_once(refresh_key(org.pk), reload)
+
+
+def refresh_key(org_id: Any) -> tuple[str, str]:
+    """The ``core.db_threads.start_once`` key of the reload of an org's snapshot."""
+    return ("llm-resolve", str(org_id))
 
 
 def _store(key: tuple[str, Any], value: Any) -> Any:

@@ -13,8 +13,6 @@ within that second.
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,13 +24,11 @@ from django.core.cache import cache
 
 from billing.catalogue import Price, catalogue_price, plan_get
 from core import aredis
-from core.db_threads import on_server_loop, submit_db
+from core.db_threads import on_server_loop, run_db, start_once
 
 _KEY = "billing:org-state:v1:{}"
 _local: dict[str, tuple[float, Any]] = {}
 _local_lock = threading.Lock()
-_refreshing: set[str] = set()
-_tasks: set[asyncio.Task] = set()
 
 
 @dataclass(frozen=True)
@@ -136,13 +132,7 @@ def org_state_if_local(org_id: Any) -> OrgState | None:
         or not on_server_loop()
     ):
         return None
-    with _local_lock:
-        if key in _refreshing:
-            return held[1]
-        _refreshing.add(key)
-    task = asyncio.get_running_loop().create_task(_arefresh(org_id, key), context=contextvars.Context())
-    _tasks.add(task)  # the loop holds its tasks weakly
-    task.add_done_callback(_tasks.discard)
+    start_once(("billing-org-state", key), lambda: _arefresh(org_id, key))
     return held[1]
 
 
@@ -151,27 +141,12 @@ async def _arefresh(org_id: Any, key: str) -> None:
     the loop (``core.aredis``), and only when it does not hold the state is it loaded on a pool
     thread. A thread woken for every refresh would contend for the GIL with the loop, which at
     that moment is sending the call that found the state stale (``bench/stream_fanout.py``)."""
-
-    def load() -> None:
-        try:
-            org_state(org_id)
-        finally:
-            with _local_lock:
-                _refreshing.discard(key)
-
-    handed_over = False
-    try:
-        read = await aredis.cache_get_many_and_count([key])
-        state = read[0].get(key) if read is not None else None
-        if state is None:
-            submit_db(load)
-            handed_over = True
-        else:
-            _keep(key, state, time.monotonic())
-    finally:
-        if not handed_over:
-            with _local_lock:
-                _refreshing.discard(key)
+    read = await aredis.cache_get_many_and_count([key])
+    state = read[0].get(key) if read is not None else None
+    if state is None:
+        await run_db(org_state, org_id)
+    else:
+        _keep(key, state, time.monotonic())
 
 
 def invalidate_org_state(org_id: Any) -> None:

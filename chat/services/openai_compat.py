@@ -33,7 +33,7 @@ from agents.models import Agent
 from agents.selectors.agents import AgentViewer
 from chat.selectors.models import AGENT_PREFIX, aopenai_agent_get, openai_agent_get
 from core import context
-from core.db_threads import detached_context, server_loop_of_this_thread
+from core.db_threads import detached_context, server_loop_of_this_thread, start_once
 from core.errors import PermissionDeniedError, ValidationError
 
 CHANNEL = "openai"
@@ -340,12 +340,9 @@ def stream_events_here(
         elif first.cancelled() or first.exception() is not None:
             return  # the run has ended (its error is read here, so asyncio does not log it)
         else:
-            closing = loop.create_task(events.aclose())
-            _closing.add(closing)  # the loop holds its tasks weakly
-            closing.add_done_callback(_closing.discard)
+            start_once(("close-unread-stream", events), events.aclose)
 
-    loop = asyncio.get_running_loop()
-    timer = loop.call_later(UNCLAIMED_STREAM_SECONDS, unclaimed)
+    timer = asyncio.get_running_loop().call_later(UNCLAIMED_STREAM_SECONDS, unclaimed)
 
     async def read() -> AsyncIterator[Event]:
         nonlocal claimed
@@ -371,7 +368,6 @@ def stream_events_here(
 
 
 UNCLAIMED_STREAM_SECONDS = 30.0
-_closing: set[asyncio.Task] = set()
 
 
 def stream_events(

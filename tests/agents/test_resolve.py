@@ -313,6 +313,7 @@ def test_on_a_server_loop_a_just_expired_resolution_answers_while_a_thread_reloa
     import asyncio
     import time
 
+    from core.db_threads import started
     from tests.factories import OrganizationFactory
 
     org = OrganizationFactory()
@@ -325,23 +326,27 @@ def test_on_a_server_loop_a_just_expired_resolution_answers_while_a_thread_reloa
     async def on_the_loop():
         return [c.provider.base_url for c in await resolve_module.aresolve_candidates(org=org)]
 
+    reload_key = resolve_module.refresh_key(org.pk)
+
     async def reloaded():
         answer = await on_the_loop()
-        pending = resolve_module._refreshing.copy()
+        pending = started(reload_key)
         for _ in range(400):
             await asyncio.sleep(0.005)
             if resolve_module._cached_or_stale(("org", str(org.pk)))[1]:
                 break
+        await asyncio.sleep(0)  # the reload's task has ended
+        still_pending = started(reload_key)
         settings.LLM_RESOLVE_CACHE_SECONDS = 60
-        return answer, pending, await on_the_loop()
+        return answer, pending, await on_the_loop(), still_pending
 
     # asyncio.run's loop is a server's loop (not one async_to_sync made): the expired answer serves
     # once more, and a pool thread reads the edit a moment later.
-    answer, pending, after = asyncio.run(reloaded())
+    answer, pending, after, still_pending = asyncio.run(reloaded())
     assert answer == ["https://llm.example.com/v1"]
-    assert list(pending) == [str(org.pk)]
+    assert pending is True
     assert after == ["https://moved.example.com/v1"]
-    assert not resolve_module._refreshing
+    assert still_pending is False
 
     settings.LLM_RESOLVE_CACHE_SECONDS = 0.05
     settings.LLM_RESOLVE_STALE_SECONDS = 0

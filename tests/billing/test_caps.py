@@ -413,6 +413,7 @@ def test_on_a_server_loop_a_just_expired_state_answers_while_the_loop_refetches_
     from django.core.cache import cache
 
     from billing.selectors import state as state_module
+    from core.db_threads import started
     from tests.factories import OrganizationFactory
 
     org = OrganizationFactory()
@@ -426,8 +427,9 @@ def test_on_a_server_loop_a_just_expired_state_answers_while_the_loop_refetches_
     cache.set(key, newer, 30)
 
     threads = []
-    submit_db = state_module.submit_db
-    monkeypatch.setattr(state_module, "submit_db", lambda fn: (threads.append(fn), submit_db(fn)))
+    run_db = state_module.run_db
+    monkeypatch.setattr(state_module, "run_db", lambda fn, *args: (threads.append(fn), run_db(fn, *args))[1])
+    in_flight = []
 
     async def refetched():
         stale = state_module.org_state_if_local(org.pk)  # answers, and starts a refetch on this loop
@@ -435,11 +437,13 @@ def test_on_a_server_loop_a_just_expired_state_answers_while_the_loop_refetches_
             await asyncio.sleep(0.005)
             if state_module._local[key][0] > time.monotonic():
                 break
+        await asyncio.sleep(0)  # the refetch's task has ended
+        in_flight.append(started(("billing-org-state", key)))
         return stale, state_module.org_state_if_local(org.pk)
 
     assert asyncio.run(refetched()) == (fresh, newer)  # the stale one, then the cache's
     assert not threads  # read from the loop
-    assert not state_module._refreshing
+    assert in_flight == [False]
 
     # Not in the shared cache either: loaded from the database on a thread.
     time.sleep(0.1)

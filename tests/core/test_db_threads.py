@@ -94,3 +94,35 @@ def test_concurrent_callers_of_the_same_key_share_one_call_and_each_gets_its_out
     assert outcomes[1:4] == ["good"] * 3
     assert all(isinstance(o, ValueError) for o in outcomes[4:])
     assert later == "again"
+
+
+def test_start_once_runs_one_task_per_key_and_forgets_it_however_it_ends(caplog):
+    from core.db_threads import start_once, started
+
+    runs: list[str] = []
+
+    async def work(name: str, fail: bool = False):
+        runs.append(name)
+        await asyncio.sleep(0.01)
+        if fail:
+            raise RuntimeError("boom")
+
+    async def main():
+        start_once("k", lambda: work("first"))
+        start_once("k", lambda: work("second"))  # the first is still running: not started
+        assert started("k")
+        await asyncio.sleep(0.05)
+        assert not started("k")
+        start_once("k", lambda: work("third", fail=True))
+        await asyncio.sleep(0.05)
+        assert not started("k")  # a failure ends it too, and is logged
+        start_once("cancelled", lambda: work("cancelled"))
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.cancel()  # before it ran, as a closing loop cancels what is left
+        await asyncio.sleep(0.01)
+        assert not started("cancelled")
+
+    asyncio.run(main())
+    assert runs == ["first", "third"]
+    assert "background work 'k' failed" in caplog.text
