@@ -26,6 +26,11 @@ direct path's, tokens/s over the batch, errors, and the web process's RSS growth
 as ratios to the relay of the same run: the added TTFT p50 of /v1 raw, /v1 agent and /api/v1/chat
 <= 1.5x the relay's added TTFT p50 at N = 1 and 20, <= 2x at 200; zero errors at 500.
 ``--check`` exits 1 when one is missed.
+
+``--trace`` splits each TTFT at the upstream: every stream's prompt starts with a marker, the fake
+logs when it accepted the connection, read the request and sent the first delta (``FAKE_TRACE_LOG``),
+and a second table shows, per side, how long the request took to reach the upstream and the first
+delta to come back from it, against the direct path's.
 """
 
 from __future__ import annotations
@@ -87,6 +92,32 @@ class Batch:
 
 
 @dataclass
+class Trace:
+    """--trace: the streams whose prompt carries a marker the fake upstream logs, with the client's
+    own times (CLOCK_MONOTONIC ns, as the fake's)."""
+
+    path: Path | None = None
+    count: int = 0
+    # marker: (side, N, sent, first delta seen)
+    streams: dict[str, tuple[str, int, int, int]] = field(default_factory=dict)
+
+    def mark(self, side: Side, body: dict) -> tuple[dict, str | None]:
+        """``body`` with its first word replaced by a new marker (when tracing)."""
+        if self.path is None:
+            return body, None
+        self.count += 1
+        marker = f"trace{self.count}"
+        if side.kind == "platform":
+            return {**body, "message": f"{marker} {body['message'].partition(' ')[2]}"}, marker
+        first, *rest = body["messages"]
+        content = first["content"].partition(" ")[2]
+        return {**body, "messages": [{**first, "content": f"{marker} {content}"}, *rest]}, marker
+
+
+TRACE = Trace()
+
+
+@dataclass
 class Side:
     name: str
     url: str
@@ -114,14 +145,16 @@ def rss_bytes(pid: int) -> int:
 # --- one stream --------------------------------------------------------------------------------
 
 
-async def one_stream(client: httpx.AsyncClient, side: Side, words: int) -> tuple[float, int]:
+async def one_stream(client: httpx.AsyncClient, side: Side, words: int, n: int) -> tuple[float, int]:
     """(TTFT seconds, text deltas) of one stream; raises on any failure."""
+    body, marker = TRACE.mark(side, side.body)
+    sent_ns = time.monotonic_ns()
     began = time.perf_counter()
     ttft = None
     deltas = 0
     complete = False
     event = None
-    async with client.stream("POST", side.url, json=side.body, headers=side.headers) as response:
+    async with client.stream("POST", side.url, json=body, headers=side.headers) as response:
         if response.status_code != 200:
             await response.aread()
             raise RuntimeError(f"{response.status_code} {response.text[:200]}")
@@ -151,6 +184,8 @@ async def one_stream(client: httpx.AsyncClient, side: Side, words: int) -> tuple
                 ttft = ttft if ttft is not None else time.perf_counter() - began
     if not complete or ttft is None or deltas < words:
         raise RuntimeError(f"incomplete stream: {deltas} deltas, complete={complete}")
+    if marker:
+        TRACE.streams[marker] = (side.name, n, sent_ns, sent_ns + int(ttft * 1e9))
     return ttft, deltas
 
 
@@ -174,7 +209,7 @@ async def run_level(side: Side, n: int, words: int, pid: int) -> None:
         cpu_before = cpu_seconds(pid)
         started = time.perf_counter()
         results = await asyncio.gather(
-            *(one_stream(client, side, words) for _ in range(n)), return_exceptions=True
+            *(one_stream(client, side, words, n) for _ in range(n)), return_exceptions=True
         )
         elapsed = time.perf_counter() - started
         batch.cpu_seconds += cpu_seconds(pid) - cpu_before
@@ -248,6 +283,36 @@ def report(sides: list[Side], levels: list[int]) -> list[str]:
     return missed
 
 
+def trace_report(sides: list[Side], levels: list[int]) -> None:
+    """--trace: where each side's TTFT goes, as p50s: until the upstream has read the request, and
+    from the upstream's first delta to the client's; what each adds to the direct path's."""
+    logged = {}
+    for line in TRACE.path.read_text().splitlines() if TRACE.path.exists() else []:
+        marker, accepted, received, first = line.split()
+        logged[marker] = (int(accepted), int(received), int(first))
+    rows: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+    for marker, (side, n, sent, first_seen) in TRACE.streams.items():
+        if marker in logged:
+            accepted, received, first = logged[marker]
+            ms = 1e-6
+            rows.setdefault((side, n), []).append(
+                ((accepted - sent) * ms, (received - sent) * ms, (first_seen - first) * ms)
+            )
+    print()
+    heads = f"{'to accept':>10} {'to request':>11} {'first delta':>12}"
+    print(f"{'N':>4} {'side':<13} {heads}  (p50 ms; + vs direct)")
+    for n in levels:
+        base = None
+        for side in sides:
+            found = rows.get((side.name, n))
+            if not found:
+                continue
+            p50 = [statistics.median(x[i] for x in found) for i in range(3)]
+            base = base or p50
+            added = " ".join(f"{p - b:+6.2f}" for p, b in zip(p50, base, strict=True))
+            print(f"{n:>4} {side.name:<13} {p50[0]:>10.2f} {p50[1]:>11.2f} {p50[2]:>12.2f}  {added}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--levels", default="1,20,200,500", help="concurrent streams per batch")
@@ -265,6 +330,9 @@ def main() -> int:
     parser.add_argument(
         "--only", default="", help="comma-separated side names to run besides direct and relay"
     )
+    parser.add_argument(
+        "--trace", action="store_true", help="split each TTFT at the upstream (marker in the prompt)"
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
     args = parser.parse_args()
@@ -277,6 +345,9 @@ def main() -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
     database_url = args.database_url or f"sqlite:///{workdir / 'bench.sqlite3'}"
+    if args.trace:
+        TRACE.path = workdir / "trace.log"
+        os.environ["FAKE_TRACE_LOG"] = str(TRACE.path)
     fake, upstream = start_fake(workdir)
     env = server_env(
         workdir,
@@ -324,6 +395,8 @@ def main() -> int:
         )
         asyncio.run(measure(sides, levels, args, process.pid))
         missed = report(sides, levels)
+        if args.trace:
+            trace_report(sides, levels)
         print()
         if missed:
             print("targets missed:\n  " + "\n  ".join(missed))

@@ -191,6 +191,7 @@ class H(BaseHTTPRequestHandler):
 
     def setup(self):
         super().setup()
+        self._accepted_ns = time.monotonic_ns()
         self._count("connections")
 
     def parse_request(self):
@@ -202,6 +203,16 @@ class H(BaseHTTPRequestHandler):
         return ok
 
     # --- helpers -------------------------------------------------------------------------------
+
+    def _trace(self, words):
+        """With FAKE_TRACE_LOG set, one line per stream whose text carries a ``trace<n>`` word: the
+        marker, then when the connection was accepted, the request read and the first delta sent
+        (CLOCK_MONOTONIC ns, the clock benches read on this machine)."""
+        log = os.environ.get("FAKE_TRACE_LOG")
+        marker = next((w for w in words[:3] if w.startswith("trace")), None)
+        if log and marker:
+            with open(log, "a") as f:
+                f.write(f"{marker} {self._accepted_ns} {self._received_ns} {time.monotonic_ns()}\n")
 
     def _fail_key(self):
         return self.headers.get("X-Fake-Key") or self.headers.get("Authorization") or ""
@@ -325,6 +336,7 @@ class H(BaseHTTPRequestHandler):
     def do_POST(self):
         n = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(n)
+        self._received_ns = time.monotonic_ns()
         self._count_request()
         if self._redirect():
             return
@@ -496,6 +508,8 @@ class H(BaseHTTPRequestHandler):
         words = text.split(" ") if text else []
         for i, w in enumerate(words):
             event(chunk({"role": "assistant", "content": w} if i == 0 else {"content": " " + w}))
+            if i == 0:
+                self._trace(words)
             if i == 1 and mode == "error-midway":  # as OpenAI reports a failure mid-stream
                 event({"error": {"message": "The server had an error mid-stream.", "type": "server_error"}})
                 self.close_connection = True
