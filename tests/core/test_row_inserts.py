@@ -87,3 +87,67 @@ def test_nothing_to_insert_sends_nothing():
     with CaptureQueriesContext(connection) as queries:
         insert_rows([(Organization, [])])
     assert len(queries) == 0
+
+
+def _count_compiles(monkeypatch) -> list[str]:
+    """The tables whose INSERT Django's compiler builds from now on."""
+    from django.db.models.sql.compiler import SQLInsertCompiler
+
+    compiled: list[str] = []
+    as_sql = SQLInsertCompiler.as_sql
+
+    def counting(self, *args, **kwargs):
+        compiled.append(self.query.model._meta.db_table)
+        return as_sql(self, *args, **kwargs)
+
+    monkeypatch.setattr(SQLInsertCompiler, "as_sql", counting)
+    return compiled
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("rows", [1, 3])  # one row: VALUES; several: PostgreSQL's UNNEST arrays
+def test_a_shape_seen_before_is_not_compiled_again_and_its_rows_keep_their_own_values(monkeypatch, rows):
+    from core import row_inserts
+
+    monkeypatch.setattr(row_inserts, "_shapes", {})
+    compiled = _count_compiles(monkeypatch)
+    first = [Organization(name=f"first {i}", slug=f"shape-first-{rows}-{i}") for i in range(rows)]
+    insert_rows([(Organization, first)])
+    assert compiled == ["accounts_organization"]
+
+    later = [Organization(name=f"later {i}", slug=f"shape-later-{rows}-{i}") for i in range(rows)]
+    insert_rows([(Organization, later)])
+    assert compiled == ["accounts_organization"]  # the learned SQL, with these rows' values
+
+    for org in first + later:
+        stored = Organization.objects.get(pk=org.pk)
+        assert (stored.name, stored.slug) == (org.name, org.slug)
+        assert stored.created_at == org.created_at and stored.updated_at == org.updated_at  # pre_save
+
+    two = [Organization(name=f"two {i}", slug=f"shape-two-{rows}-{i}") for i in range(2)]
+    insert_rows([(Organization, two)])
+    assert len(compiled) == 2  # another number of rows is another shape
+
+
+@pytest.mark.postgres
+def test_a_value_that_is_an_expression_is_compiled_even_when_its_shape_is_known(monkeypatch):
+    from django.db.models.functions import Now
+
+    from core import row_inserts
+
+    monkeypatch.setattr(row_inserts, "_shapes", {})
+    compiled = _count_compiles(monkeypatch)
+    insert_rows([(Organization, [Organization(name="plain", slug="expression-plain")])])
+    org = Organization(name="expression", slug="expression-now", deletion_requested_at=Now())
+    insert_rows([(Organization, [org])])
+    assert len(compiled) == 2
+    assert Organization.objects.get(pk=org.pk).deletion_requested_at is not None
+
+
+def test_numbered_placeholders_for_a_raw_cursor():
+    from core.loop_writer import native_placeholders
+
+    sql = "INSERT INTO t (a, b) VALUES (%s, %s), (%s, '50%%')"
+    assert native_placeholders(sql) == "INSERT INTO t (a, b) VALUES ($1, $2), ($3, '50%')"
+    with pytest.raises(ValueError, match="Unsupported placeholder"):
+        native_placeholders("SELECT %(name)s")
