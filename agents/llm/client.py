@@ -38,6 +38,7 @@ import httpx
 import openai
 from openai import AsyncOpenAI
 
+from agents.llm.sent import trace_for_sent
 from core.outbound import guarded_async_client
 
 DEFAULT_BASES = {
@@ -183,11 +184,13 @@ class StreamingOpenAI(AsyncOpenAI):
             for name, value in {**self.default_headers, **self.auth_headers}.items()
             if isinstance(value, str)  # the SDK's Omit markers for unset headers
         }
+        trace = trace_for_sent()  # a caller waits for the request to leave (``agents.llm.sent``)
         request = self._client.build_request(
             "POST",
             f"{self.base_url}chat/completions",  # the SDK keeps base_url ending in "/"
             content=json.dumps(body).encode(),
             headers=headers,
+            extensions={"trace": trace} if trace is not None else None,
         )  # the timeout is the client's own: the guarded client's, as the SDK's calls use it
         try:
             response = await self._client.send(request, stream=True)

@@ -15,8 +15,6 @@ codes OpenAI's SDKs turn into their exception classes; another org's agent is a 
 
 from __future__ import annotations
 
-import asyncio
-
 from django.urls import path
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -120,21 +118,16 @@ class OpenAIView(OwnThreadMixin, TenantAPIView):
             return None
 
     async def stream_here(self, request, target, messages, options):
-        """The events of a stream served on the loop, whose run has started: it goes as far as
-        sending the upstream request before the response is made (the loop makes it meanwhile)."""
+        """The events of a stream served on the loop, whose run has started and sent its upstream
+        request: the response is made while the upstream works."""
         key = _api_key(request)
-        events = openai_compat.stream_events_here(
+        return await openai_compat.stream_events_here(
             target,
             messages,
             options=options,
             request_id=getattr(request, "request_id", None),
             api_key_id=key.pk if key is not None else None,
         )
-        # Two turns of the loop: the run's task goes as far as its first wait, and so does the
-        # agent run's own task, which the first one starts for an agent.
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        return events
 
 
 class ChatCompletionsView(OpenAIView):

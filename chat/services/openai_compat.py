@@ -302,7 +302,7 @@ def run_sync(target: Target, messages: list[dict], *, options: dict[str, Any] | 
     return async_to_sync(run)()
 
 
-def stream_events_here(
+async def stream_events_here(
     target: Target,
     messages: list[dict],
     *,
@@ -314,7 +314,8 @@ def stream_events_here(
     the reader: no producer task, no queue between the upstream's chunk and the client's frame.
 
     The run starts at once, in a task of its own, up to its first event (the providers resolved,
-    the guards passed, the upstream request sent and answered): while it waits for the upstream the
+    the guards passed, the upstream request sent and answered), and this returns once that request
+    has left (``agents.llm.sent``; or the run has ended, or yielded): while the upstream works, the
     loop makes the view's response and sends its headers. The reader takes the first event from
     that task and reads the rest from the run itself. An error reaches the reader as the
     ApplicationError it was; closing the reader (the client went away: Django cancels the task)
@@ -328,8 +329,11 @@ def stream_events_here(
             async for event in events:
                 yield event
 
+    from agents.llm import request_sent_signal, until_request_sent
+
     events = run()
-    first = asyncio.ensure_future(anext(events))
+    with request_sent_signal() as sent:
+        first = asyncio.ensure_future(anext(events))
     claimed = False
 
     def unclaimed() -> None:
@@ -343,6 +347,12 @@ def stream_events_here(
             start_once(("close-unread-stream", events), events.aclose)
 
     timer = asyncio.get_running_loop().call_later(UNCLAIMED_STREAM_SECONDS, unclaimed)
+    try:
+        await until_request_sent(sent, first)
+    except BaseException:  # the view was cancelled (its client left) before it got the reader
+        timer.cancel()
+        unclaimed()
+        raise
 
     async def read() -> AsyncIterator[Event]:
         nonlocal claimed

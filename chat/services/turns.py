@@ -58,6 +58,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import Membership
+from agents.llm import request_sent_signal, until_request_sent
 from agents.models import Agent
 from agents.registries import estimate_cost_micros
 from agents.selectors.agents import AgentViewer, aagent_for_run, agent_for_run
@@ -474,8 +475,10 @@ async def astart_turn(
     is written or started. ``agent`` is an Agent, an agent id or an agent key the user may see.
 
     A turn that opens a conversation with an Agent in hand needs nothing from the database before
-    its model call, so the run starts at once, under ids chosen here, while the caller's thread
-    writes the conversation, the messages and the run's row (``turn_openings_write``); the turn's log is
+    its model call, so the run starts at once, under ids chosen here, and once its request has left
+    (``agents.llm.sent``: the rows' statement would otherwise hold the loop while the call's
+    connection opens) the conversation, the messages and the run's row are written
+    (``turn_openings_write``) while the provider works; the turn's log is
     written only once they are committed, and if they fail the run is called off. A turn that continues a
     conversation reads its history first (``turn_prepare``), then starts."""
     args = {"org": org, "user": user, "agent": agent, "message": message, "channel": channel}
@@ -486,7 +489,8 @@ async def astart_turn(
         try:
             if on_short_lived_loop():  # a sync caller (a test): its thread, connection and transaction
                 await sync_to_async(_write_opening_rows)(_opening_rows(writes))
-            else:  # a server's loop: together with concurrent openings
+            else:  # a server's loop: together with concurrent openings, once the model call is out
+                await until_request_sent(turn.request_sent, turn.task)
                 await _loop_openings.write(_opening_rows(writes))
         except BaseException as exc:
             _opened(turn, exc)
@@ -965,6 +969,7 @@ class _Turn:
         self.final: dict[str, Any] | None = None
         self._written: asyncio.Future | None = None
         self._stored: asyncio.Future | None = None
+        self._request_sent: asyncio.Future | None = None
         self.run_id: str | None = None
         self.run_row = None  # an AgentRun written with the turn's rows (``_opening_turn``)
         self.cancel_reason: str | None = None
@@ -1054,6 +1059,13 @@ class _Turn:
         await self._announce(TurnEvent(seq=self.seq, event=event, data=data))
 
     @property
+    def request_sent(self) -> asyncio.Future:
+        """Done once the run's first model call has sent its request (``agents.llm.sent``)."""
+        if self._request_sent is None:
+            self._request_sent = asyncio.get_running_loop().create_future()
+        return self._request_sent
+
+    @property
     def stored(self) -> asyncio.Future:
         """Done once the turn's rows (and its run's, ``run_row``) are committed; on its loop."""
         if self._stored is None:
@@ -1106,20 +1118,21 @@ class _Turn:
 
         with request_context.channel_scope(self.channel, request_id=self.request_id):
             request_context.note_api_key(self.api_key_id)
-            self.run_task = asyncio.create_task(
-                arun_agent(
-                    agent=self.agent,
-                    message=self.message,
-                    user=self.user,
-                    conversation_id=self.started.conversation_id,
-                    trigger="chat",
-                    history=self.history,
-                    on_event=self.on_run_event,
-                    stream=True,
-                    run=self.run_row,
-                    run_written=self.stored if self.run_row is not None else None,
+            with request_sent_signal(self.request_sent):  # the run's task sees it: its model call sets it
+                self.run_task = asyncio.create_task(
+                    arun_agent(
+                        agent=self.agent,
+                        message=self.message,
+                        user=self.user,
+                        conversation_id=self.started.conversation_id,
+                        trigger="chat",
+                        history=self.history,
+                        on_event=self.on_run_event,
+                        stream=True,
+                        run=self.run_row,
+                        run_written=self.stored if self.run_row is not None else None,
+                    )
                 )
-            )
             if self.cancel_reason is not None:  # cancelled before the task existed
                 self.run_task.cancel()
             try:

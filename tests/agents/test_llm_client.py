@@ -224,3 +224,50 @@ def test_a_stream_read_to_its_end_gives_its_connection_back_for_the_next_call(fa
 
     assert asyncio.run(go()) == ["echo: one", "echo: two", "echo: three"]
     assert fake_upstream.stats["connections"] - before == 1
+
+
+def test_a_waiting_caller_learns_when_the_request_has_left_before_any_answer(fake_upstream, allow_loopback):
+    """``agents.llm.sent``: with a signal open, the streamed call sets it once httpcore has sent
+    the request's body, while the upstream (here holding its answer back) has not answered yet."""
+    from agents.llm.sent import request_sent_signal, until_request_sent
+
+    hanging = make_client(
+        ResolvedProvider(
+            source="org",
+            provider_type="openai_compat",
+            api_base=fake_upstream.base_url,
+            api_key="sk-test",
+            extra_headers={"X-Fake-Mode": "hang", "X-Fake-Hang": "3"},
+        )
+    )
+
+    async def go():
+        params = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+        try:
+            with request_sent_signal() as sent:
+                call = asyncio.ensure_future(hanging.stream_chat_completion(params))
+            await until_request_sent(sent, call, timeout=2.0)
+            state = (sent.done(), call.done())
+            call.cancel()
+            await asyncio.gather(call, return_exceptions=True)
+            return state
+        finally:
+            await hanging.close()
+
+    assert asyncio.run(go()) == (True, False)
+
+
+def test_waiting_for_a_request_nobody_sends_ends_at_the_timeout():
+    from agents.llm.sent import request_sent_signal, until_request_sent
+
+    async def go():
+        with request_sent_signal() as sent:
+            run = asyncio.ensure_future(asyncio.sleep(5))
+        began = asyncio.get_running_loop().time()
+        await until_request_sent(sent, run, timeout=0.05)
+        waited = asyncio.get_running_loop().time() - began
+        run.cancel()
+        return sent.done(), waited
+
+    done, waited = asyncio.run(go())
+    assert not done and 0.04 <= waited < 2

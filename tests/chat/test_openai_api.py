@@ -540,8 +540,7 @@ def test_on_the_loop_the_run_goes_to_its_first_event_before_reading_and_the_read
     target = openai_compat.Target(org=None, user=None, label="m", model="m")
 
     async def main():
-        events = openai_compat.stream_events_here(target, [{"role": "user", "content": "x"}])
-        await asyncio.sleep(0)
+        events = await openai_compat.stream_events_here(target, [{"role": "user", "content": "x"}])
         before_reading = list(steps)
         read = [await anext(events) for _ in range(3)]
         await events.aclose()
@@ -551,6 +550,37 @@ def test_on_the_loop_the_run_goes_to_its_first_event_before_reading_and_the_read
     assert before_reading == ["sent 0"]
     assert read == [("delta", "0"), ("delta", "1"), ("delta", "2")]
     assert steps[-1] == "closed"
+
+
+def test_on_the_loop_the_reader_comes_back_once_the_runs_request_has_left(monkeypatch):
+    """The view gets its reader (and makes its response) once the run's model call has sent its
+    request (``agents.llm.sent``), not before, and not only at the first event."""
+    from agents.llm import sent as llm_sent
+    from chat.services import openai_compat
+
+    steps: list[str] = []
+
+    async def fake_run(*args, **kwargs):
+        trace = llm_sent.trace_for_sent()  # what the choke point's streamed call passes to httpcore
+        await asyncio.sleep(0.05)  # opening the connection
+        await trace("http11.send_request_body.started", {})
+        steps.append("body started")
+        await trace("http11.send_request_body.complete", {})
+        steps.append("sent")
+        await asyncio.sleep(60)  # the upstream thinks
+        yield "delta", "late"
+
+    monkeypatch.setattr(openai_compat, "run_events", fake_run)
+    monkeypatch.setattr(llm_sent, "REQUEST_SENT_WAIT_SECONDS", 5.0)
+    target = openai_compat.Target(org=None, user=None, label="m", model="m")
+
+    async def main():
+        events = await openai_compat.stream_events_here(target, [{"role": "user", "content": "x"}])
+        seen = list(steps)
+        await events.aclose()
+        return seen
+
+    assert asyncio.run(main()) == ["body started", "sent"]
 
 
 @pytest.mark.parametrize("first_event", [True, False], ids=["after-its-first-event", "before-it"])
@@ -573,7 +603,7 @@ def test_on_the_loop_a_run_nobody_reads_is_called_off(monkeypatch, first_event):
     target = openai_compat.Target(org=None, user=None, label="m", model="m")
 
     async def main():
-        openai_compat.stream_events_here(target, [{"role": "user", "content": "x"}])
+        await openai_compat.stream_events_here(target, [{"role": "user", "content": "x"}])
         for _ in range(200):
             await asyncio.sleep(0.01)
             if closed:
@@ -595,7 +625,7 @@ def test_on_the_loop_a_run_that_failed_before_anyone_read_it_is_left_alone(monke
     target = openai_compat.Target(org=None, user=None, label="m", model="m")
 
     async def main():
-        openai_compat.stream_events_here(target, [{"role": "user", "content": "x"}])
+        await openai_compat.stream_events_here(target, [{"role": "user", "content": "x"}])
         await asyncio.sleep(0.2)  # past the unclaimed timer
         gc.collect()
 

@@ -1,0 +1,66 @@
+"""When a streamed model call's request has gone upstream: for the caller that started the call
+in a task and has work of its own to do before the first token (an async view's response, a chat
+turn's rows), and should do it while the provider works, not before the request leaves.
+
+Work started in a task on the same event loop runs only when the loop gets to it: a view that
+went on building its response right after starting a run's task (or a turn that compiled and sent
+its rows) held the loop while the run's connection to the provider was being opened, and the
+request left a millisecond or two later than it could have, every one of those on the path to the
+first token (``bench/stream_fanout.py``). So the caller opens :func:`request_sent_signal` around
+the task it starts (tasks take a copy of the context they start in, so every task the run starts in
+turn sees the same signal), then awaits :func:`until_request_sent`: the choke point's streamed call
+sets the signal once httpcore reports the request's body sent (its ``trace`` extension). The wait
+also ends when the run itself ends or yields, and after ``REQUEST_SENT_WAIT_SECONDS`` in any case:
+a new TLS connection to a real provider takes far longer than the caller's work, which then goes
+first after all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
+from typing import Any
+
+REQUEST_SENT_WAIT_SECONDS = 0.01
+
+_signal: ContextVar[asyncio.Future | None] = ContextVar("llm_request_sent", default=None)
+
+
+@contextlib.contextmanager
+def request_sent_signal(sent: asyncio.Future | None = None) -> Iterator[asyncio.Future]:
+    """A future set once the first streamed model call started in this block, or in a task
+    created in it, has sent its request (``sent``, or a new one on the running loop)."""
+    if sent is None:
+        sent = asyncio.get_running_loop().create_future()
+    token = _signal.set(sent)
+    try:
+        yield sent
+    finally:
+        _signal.reset(token)
+
+
+def trace_for_sent() -> Callable[[str, dict], Awaitable[None]] | None:
+    """The httpcore ``trace`` extension that sets this context's signal, or None when no caller
+    waits (or the signal is set already: a retry, a second call of the run)."""
+    sent = _signal.get()
+    if sent is None or sent.done():
+        return None
+
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        if event.endswith(".send_request_body.complete") and not sent.done():
+            sent.set_result(None)
+
+    return trace
+
+
+async def until_request_sent(
+    sent: asyncio.Future, run: asyncio.Future, *, timeout: float | None = None
+) -> None:
+    """Return once the request is sent, ``run`` (the task that makes the call) is done, or
+    ``timeout`` (default ``REQUEST_SENT_WAIT_SECONDS``) has passed. Reads neither's result: their
+    owners do."""
+    if not sent.done() and not run.done():
+        wait = REQUEST_SENT_WAIT_SECONDS if timeout is None else timeout
+        await asyncio.wait((sent, run), timeout=wait, return_when=asyncio.FIRST_COMPLETED)
