@@ -9,6 +9,8 @@ from rest_framework import serializers
 
 from chat.models import Conversation, Message, MessageFeedback
 
+from .fast_input import FastInputSerializer
+
 
 class ConversationListFilterSerializer(serializers.Serializer):
     """Query parameters of the conversation list."""
@@ -136,7 +138,9 @@ class BranchInputSerializer(serializers.Serializer):
     label = serializers.CharField(required=False, allow_blank=True, max_length=100)
 
 
-class ChatTurnInputSerializer(serializers.Serializer):
+class ChatTurnInputSerializer(FastInputSerializer):
+    """``POST /api/v1/chat``."""
+
     agent = serializers.CharField(max_length=100, help_text="An agent id or key you may see.")
     message = serializers.CharField(max_length=100_000, trim_whitespace=False)
     conversation_id = serializers.UUIDField(required=False, allow_null=True)
