@@ -34,13 +34,14 @@ def _collect(client, **params):
     return asyncio.run(go())
 
 
-def _provider_client(fake_upstream, *, api_key="sk-test", api_base=None):
+def _provider_client(fake_upstream, *, api_key="sk-test", api_base=None, extra_headers=None):
     return make_client(
         ResolvedProvider(
             source="org",
             provider_type="openai_compat",
             api_base=api_base or fake_upstream.base_url,
             api_key=api_key,
+            extra_headers=extra_headers or {},
         )
     )
 
@@ -194,14 +195,8 @@ def test_a_stream_read_to_its_end_gives_its_connection_back_for_the_next_call(fa
     """A provider that keeps connections alive serves the next call on the same one: the stream is
     read past ``[DONE]`` to the end of its body before it is closed (a connection closed early is
     dropped, and the next call would pay a new one, a TLS handshake with a real provider)."""
-    client = make_client(
-        ResolvedProvider(
-            source="org",
-            provider_type="openai_compat",
-            api_base=fake_upstream.base_url,
-            api_key="sk-keep-alive",
-            extra_headers={"X-Fake-Keep-Alive": "1"},
-        )
+    client = _provider_client(
+        fake_upstream, api_key="sk-keep-alive", extra_headers={"X-Fake-Keep-Alive": "1"}
     )
     before = fake_upstream.stats["connections"]
 
@@ -231,15 +226,7 @@ def test_a_waiting_caller_learns_when_the_request_has_left_before_any_answer(fak
     the request's body, while the upstream (here holding its answer back) has not answered yet."""
     from agents.llm.sent import request_sent_signal, until_request_sent
 
-    hanging = make_client(
-        ResolvedProvider(
-            source="org",
-            provider_type="openai_compat",
-            api_base=fake_upstream.base_url,
-            api_key="sk-test",
-            extra_headers={"X-Fake-Mode": "hang", "X-Fake-Hang": "3"},
-        )
-    )
+    hanging = _provider_client(fake_upstream, extra_headers={"X-Fake-Mode": "hang", "X-Fake-Hang": "3"})
 
     async def go():
         params = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
