@@ -449,6 +449,7 @@ _loop_openings: LoopRowWriter[OpeningRows] = LoopRowWriter(
     fallback=_openings,
     async_commit=_async_commit,
     max_batch=OPENINGS_BATCH,
+    yield_first=False,  # written once the turn's request has left (``astart_turn``)
 )
 
 

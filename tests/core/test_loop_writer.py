@@ -139,6 +139,46 @@ def test_on_a_sync_callers_loop_the_fallback_thread_writes():
 
 
 @pytest.mark.postgres
+def test_yield_first_lets_ready_tasks_run_before_compiling_and_without_it_the_writer_compiles_at_once():
+    def passes_before_compiling(yield_first: bool, slug: str) -> int:
+        compiled_at: list[int] = []
+        passes = 0
+
+        def groups_of(orgs):
+            compiled_at.append(passes)
+            return [(Organization, orgs)]
+
+        fallback = BatchWriter("test-fallback", lambda orgs: None, lambda org: None)
+        writer = LoopRowWriter("test-yield", groups_of, fallback=fallback, yield_first=yield_first)
+
+        async def main():
+            nonlocal passes
+            await writer.write(_org(f"{slug}-warm"))  # the writer's task and connection exist
+            stop = False
+
+            async def ready_task():  # always ready: one step per pass through the loop
+                nonlocal passes
+                while not stop:
+                    passes += 1
+                    await asyncio.sleep(0)
+
+            spinning = asyncio.ensure_future(ready_task())
+            await asyncio.sleep(0)
+            start = passes
+            await writer.write(_org(slug))
+            stop = True
+            await spinning
+            return compiled_at[-1] - start
+
+        return asyncio.run(main())
+
+    at_once = passes_before_compiling(False, "yield-no")
+    yielding = passes_before_compiling(True, "yield-yes")
+    assert yielding > at_once
+    assert Organization.objects.filter(slug__in=["yield-no", "yield-yes"]).count() == 2
+
+
+@pytest.mark.postgres
 def test_a_connection_left_idle_is_closed_and_the_next_write_opens_another(monkeypatch):
     from core import loop_writer
 
