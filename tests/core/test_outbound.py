@@ -6,6 +6,8 @@ connecting: DNS may be unavailable where the tests run)."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import socket
 
 import httpx
 import pytest
@@ -267,3 +269,156 @@ def test_a_name_rebound_to_a_private_address_is_refused_at_connect(fake_upstream
     _fake_dns(monkeypatch, {"rebind.test": ["127.0.0.1"]})
     with guarded_client() as client, pytest.raises(OutboundBlocked):
         client.get(f"http://rebind.test:{_port(fake_upstream)}/v1/models")
+
+
+# --- the async connection to a checked address -------------------------------------------------------
+
+
+def _no_anyio_connect(monkeypatch):
+    """anyio's connect_tcp (httpcore's own way) refuses to run: the guard connects by itself."""
+
+    async def refuse(*args, **kwargs):
+        raise AssertionError("anyio.connect_tcp was used")
+
+    monkeypatch.setattr("anyio.connect_tcp", refuse)
+
+
+@pytest.mark.parametrize("allowed", ["127.0.0.1", "127.0.0.0/8"])
+def test_async_connections_go_to_the_checked_address_on_the_loops_own_socket(
+    fake_upstream, settings, monkeypatch, allowed
+):
+    settings.OUTBOUND_ALLOWED_HOSTS = [allowed]
+    _no_anyio_connect(monkeypatch)
+    port = _port(fake_upstream)
+
+    async def scenario():
+        async with guarded_async_client() as client:
+            async with client.stream("GET", f"http://127.0.0.1:{port}/v1/models") as response:
+                stream = response.extensions["network_stream"]
+                sock = stream.get_extra_info("socket")
+                peer = stream.get_extra_info("server_addr")
+                no_delay = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                body = await response.aread()
+            return response.status_code, body, peer, no_delay
+
+    status, body, peer, no_delay = asyncio.run(scenario())
+    assert status == 200 and b'"data"' in body
+    assert peer == ("127.0.0.1", port)
+    assert no_delay  # as asyncio's own connections
+
+
+def test_an_async_connection_refused_is_httpx_connect_error(settings, monkeypatch):
+    settings.OUTBOUND_ALLOWED_HOSTS = ["127.0.0.0/8"]
+    _no_anyio_connect(monkeypatch)
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def scenario():
+        async with guarded_async_client() as client:
+            await client.get(f"http://127.0.0.1:{port}/")
+
+    with pytest.raises(httpx.ConnectError):
+        asyncio.run(scenario())
+
+
+def test_an_async_connection_that_is_not_answered_in_time_is_httpx_connect_timeout(settings, monkeypatch):
+    """A listener whose accept queue is full drops new SYNs (Linux): the connect hangs until the
+    guarded client's connect timeout."""
+    settings.OUTBOUND_ALLOWED_HOSTS = ["127.0.0.0/8"]
+    settings.OUTBOUND_CONNECT_TIMEOUT = 0.3
+    _no_anyio_connect(monkeypatch)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        queued = []
+        for _ in range(4):  # fill the accept queue; later connects hang
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            queued.append(filler)
+
+        async def scenario():
+            async with guarded_async_client() as client:
+                await client.get(f"http://127.0.0.1:{port}/")
+
+        try:
+            with pytest.raises(httpx.ConnectTimeout):
+                asyncio.run(scenario())
+        finally:
+            for filler in queued:
+                filler.close()
+
+
+def _self_signed(tmp_path) -> tuple[str, str]:
+    """A certificate for 127.0.0.1, signed by its own key (the test's own CA), and that key."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+def test_tls_is_negotiated_over_the_guards_own_connection(settings, monkeypatch, tmp_path):
+    """Providers are HTTPS: httpcore starts TLS on the stream the guard opened, and verifies the
+    certificate."""
+    import ssl
+
+    from core.outbound import GuardedAsyncTransport
+
+    settings.OUTBOUND_ALLOWED_HOSTS = ["127.0.0.0/8"]
+    _no_anyio_connect(monkeypatch)
+    cert, key = _self_signed(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    trusted = ssl.create_default_context(cafile=cert)
+
+    async def answer(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    async def scenario():
+        server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_context)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            async with httpx.AsyncClient(transport=GuardedAsyncTransport(verify=trusted)) as client:
+                response = await client.get(f"https://127.0.0.1:{port}/")
+                tls = response.extensions["network_stream"].get_extra_info("ssl_object")
+            async with httpx.AsyncClient(transport=GuardedAsyncTransport()) as untrusting:
+                with pytest.raises(httpx.ConnectError):  # the system CAs do not know this one
+                    await untrusting.get(f"https://127.0.0.1:{port}/")
+        return response, tls
+
+    response, tls = asyncio.run(scenario())
+    assert response.status_code == 200 and response.text == "ok"
+    assert tls is not None
