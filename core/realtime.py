@@ -95,7 +95,10 @@ class Subscription:
             return None
         started = asyncio.get_running_loop().time()
         try:
-            message = await asyncio.wait_for(self.layer.receive(self.channel), timeout)
+            # A timeout scope, not wait_for: a follower in another process waits here once per
+            # event of its stream, and wait_for runs each wait as a task of its own.
+            async with asyncio.timeout(timeout):
+                message = await self.layer.receive(self.channel)
         except TimeoutError:
             return None
         except Exception:  # a layer outage degrades the follower to polling, never kills it
