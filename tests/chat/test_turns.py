@@ -381,7 +381,10 @@ def test_a_new_conversation_whose_rows_cannot_be_written_calls_its_run_off(
     assert fake_upstream.stats["requests_by_key"][key] == 1
     deadline = time.monotonic() + 10
     calls = UsageRecord.objects.filter(agent_id=agent.pk)
-    while (turns._running or not calls.exists()) and time.monotonic() < deadline:
+    # The fake notices the closed stream in its own thread, on its next write: wait for that too.
+    while (turns._running or not calls.exists() or not fake_upstream.aborted_for(key)) and (
+        time.monotonic() < deadline
+    ):
         time.sleep(0.02)
     assert not turns._running  # the turn is gone
     assert fake_upstream.aborted_for(key) == 1  # the upstream stream was closed
