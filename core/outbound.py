@@ -229,7 +229,8 @@ class _GuardedAsyncBackend(httpcore.AsyncNetworkBackend):
 
     async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
         name = _normalise_host(host)
-        if _ip_literal(name) is not None or _allowed_by_name(name, port or 443):
+        literal = _ip_literal(name) is not None
+        if literal or _allowed_by_name(name, port or 443):
             # Nothing to resolve: check on the loop, sparing a thread hop on every new connection.
             addresses = vetted_addresses(host, port)
         else:
@@ -240,10 +241,10 @@ class _GuardedAsyncBackend(httpcore.AsyncNetworkBackend):
                     )
             except TimeoutError as exc:  # surfaces as httpx.ConnectTimeout, like a slow connect
                 raise httpcore.ConnectTimeout(f"resolving {host} timed out") from exc
-        if addresses is None:  # allowed by name: an address as it is, a name resolved as usual
-            if _ip_literal(name) is not None:
-                return await self._connect_address(name, port, timeout, local_address, socket_options)
-            return await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        if addresses is None:  # allowed by name: a name is resolved as usual, an address is used as it is
+            if not literal:
+                return await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+            addresses = [name]
         last_error: Exception | None = None
         for address in addresses:
             try:
