@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from core.outbound import (
+    GuardedAsyncTransport,
     OutboundBlocked,
     check_host,
     check_url,
@@ -283,6 +284,21 @@ def _no_anyio_connect(monkeypatch):
     monkeypatch.setattr("anyio.connect_tcp", refuse)
 
 
+def _count_anyio_timeouts(monkeypatch) -> list[float | None]:
+    """Every ``anyio.fail_after`` call (httpcore's way of timing each read and write), recorded."""
+    import anyio
+
+    calls: list[float | None] = []
+    original = anyio.fail_after
+
+    def counting(delay, *args, **kwargs):
+        calls.append(delay)
+        return original(delay, *args, **kwargs)
+
+    monkeypatch.setattr("anyio.fail_after", counting)
+    return calls
+
+
 @pytest.mark.parametrize("allowed", ["127.0.0.1", "127.0.0.0/8"])
 def test_async_connections_go_to_the_checked_address_on_the_loops_own_socket(
     fake_upstream, settings, monkeypatch, allowed
@@ -301,10 +317,51 @@ def test_async_connections_go_to_the_checked_address_on_the_loops_own_socket(
                 body = await response.aread()
             return response.status_code, body, peer, no_delay
 
+    timeouts = _count_anyio_timeouts(monkeypatch)
     status, body, peer, no_delay = asyncio.run(scenario())
     assert status == 200 and b'"data"' in body
     assert peer == ("127.0.0.1", port)
     assert no_delay  # as asyncio's own connections
+    assert timeouts == []  # its reads and writes are timed by asyncio.timeout()
+
+
+def test_a_chunked_answer_is_read_whole_and_a_silent_peer_is_httpx_read_timeout(settings, monkeypatch):
+    """The guard's stream times each read itself: a streamed answer arrives chunk by chunk, and a
+    peer that stops answering surfaces as httpx's ReadTimeout after the read timeout."""
+    settings.OUTBOUND_ALLOWED_HOSTS = ["127.0.0.0/8"]
+    _no_anyio_connect(monkeypatch)
+    timeouts = _count_anyio_timeouts(monkeypatch)
+
+    async def answer(reader, writer):
+        request = await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for word in (b"one ", b"two ", b"three"):
+            writer.write(b"%x\r\n%s\r\n" % (len(word), word))
+            await writer.drain()
+            await asyncio.sleep(0.01)
+        if b"/silent" in request:
+            await asyncio.sleep(5)  # never ends its body
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def scenario():
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            async with httpx.AsyncClient(transport=GuardedAsyncTransport(), timeout=0.3) as client:
+                async with client.stream("GET", f"http://127.0.0.1:{port}/") as response:
+                    chunks = [chunk async for chunk in response.aiter_raw()]
+                with pytest.raises(httpx.ReadTimeout):
+                    async with client.stream("GET", f"http://127.0.0.1:{port}/silent") as silent:
+                        async for _ in silent.aiter_raw():
+                            pass
+        return chunks
+
+    chunks = asyncio.run(scenario())
+    assert b"".join(chunks) == b"one two three"
+    assert len(chunks) == 3  # each as it came
+    assert timeouts == []
 
 
 def test_an_async_connection_refused_is_httpx_connect_error(settings, monkeypatch):
@@ -392,8 +449,6 @@ def test_tls_is_negotiated_over_the_guards_own_connection(settings, monkeypatch,
     certificate."""
     import ssl
 
-    from core.outbound import GuardedAsyncTransport
-
     settings.OUTBOUND_ALLOWED_HOSTS = ["127.0.0.0/8"]
     _no_anyio_connect(monkeypatch)
     cert, key = _self_signed(tmp_path)
@@ -419,6 +474,8 @@ def test_tls_is_negotiated_over_the_guards_own_connection(settings, monkeypatch,
                     await untrusting.get(f"https://127.0.0.1:{port}/")
         return response, tls
 
+    timeouts = _count_anyio_timeouts(monkeypatch)
     response, tls = asyncio.run(scenario())
     assert response.status_code == 200 and response.text == "ok"
     assert tls is not None
+    assert len(timeouts) == 2  # the two TLS handshakes; no read or write
