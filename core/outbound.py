@@ -23,52 +23,17 @@ import socket
 from functools import cache
 
 import anyio
-import anyio.abc
 import httpcore
 import httpx
 from django.conf import settings
-from httpcore._backends.anyio import AnyIOStream
 
 from core.errors import ApplicationError
+from core.loop_stream import LoopStream
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT (RFC 6598)
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # well-known NAT64 prefix embeds an IPv4 address
-
-
-class _LoopTimedStream(AnyIOStream):
-    """httpcore's anyio stream with its reads and writes timed by ``asyncio.timeout()`` instead of
-    ``anyio.fail_after``, which asks sniffio for the running library and enters two cancel scopes
-    on every call: once per chunk of every streamed answer (about 6 % of a web process's loop at
-    20 chat streams, by a py-spy profile). Only made on asyncio (``_connect_address``); errors map
-    as httpcore maps them."""
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        try:
-            async with asyncio.timeout(timeout):
-                return await self._stream.receive(max_bytes=max_bytes)
-        except anyio.EndOfStream:
-            return b""
-        except TimeoutError as exc:
-            raise httpcore.ReadTimeout(str(exc)) from exc
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            raise httpcore.ReadError(str(exc)) from exc
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if not buffer:
-            return
-        try:
-            async with asyncio.timeout(timeout):
-                await self._stream.send(item=buffer)
-        except TimeoutError as exc:
-            raise httpcore.WriteTimeout(str(exc)) from exc
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-            raise httpcore.WriteError(str(exc)) from exc
-
-    async def start_tls(self, ssl_context, server_hostname=None, timeout=None):
-        tls = await super().start_tls(ssl_context, server_hostname=server_hostname, timeout=timeout)
-        return _LoopTimedStream(tls._stream)
 
 
 class OutboundBlocked(ApplicationError):
@@ -290,12 +255,12 @@ class _GuardedAsyncBackend(httpcore.AsyncNetworkBackend):
 
     async def _connect_address(self, address, port, timeout, local_address, socket_options):
         """A connection to one vetted IP address. On asyncio it is opened with the loop's own
-        socket calls and handed to httpcore as the stream its anyio backend would have made:
-        ``anyio.connect_tcp`` races a literal address through a task group, an event and cancel
-        scopes (happy eyeballs, for names): 311 us of the loop's CPU per connection against 163 us
-        this way, checks included (``bench/outbound_connect.py``), on every new upstream
-        connection (``bench/stream_fanout.py`` opens one per stream). Under another async library
-        the backend connects as before."""
+        socket calls and handed to httpcore as a ``core.loop_stream.LoopStream`` (cheaper per read
+        than its anyio stream, see there). ``anyio.connect_tcp`` races a literal address through a
+        task group, an event and cancel scopes (happy eyeballs, for names): 311 us of the loop's
+        CPU per connection against 163 us this way, checks included (``bench/outbound_connect.py``),
+        on every new upstream connection (``bench/stream_fanout.py`` opens one per stream). Under
+        another async library the backend connects as before."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # trio
@@ -311,7 +276,7 @@ class _GuardedAsyncBackend(httpcore.AsyncNetworkBackend):
                 sock.bind((local_address, 0))
             async with asyncio.timeout(timeout):
                 await loop.sock_connect(sock, (address, port))
-            stream = await anyio.abc.SocketStream.from_socket(sock)
+            stream = await LoopStream.from_socket(sock)
         except TimeoutError as exc:
             sock.close()
             raise httpcore.ConnectTimeout(f"connecting to {address}:{port} timed out") from exc
@@ -321,7 +286,7 @@ class _GuardedAsyncBackend(httpcore.AsyncNetworkBackend):
         except BaseException:
             sock.close()
             raise
-        return _LoopTimedStream(stream)
+        return stream
 
     async def connect_unix_socket(self, path, timeout=None, socket_options=None):
         raise OutboundBlocked("Unix sockets are not reachable from the platform.")

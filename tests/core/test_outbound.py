@@ -478,4 +478,4 @@ def test_tls_is_negotiated_over_the_guards_own_connection(settings, monkeypatch,
     response, tls = asyncio.run(scenario())
     assert response.status_code == 200 and response.text == "ok"
     assert tls is not None
-    assert len(timeouts) == 2  # the two TLS handshakes; no read or write
+    assert timeouts == []  # the handshakes, reads and writes are timed by asyncio.timeout()
