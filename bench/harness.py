@@ -1,15 +1,21 @@
 """What the benchmark scripts share: free ports, the environment of a server started the way
 `make run` starts it, `manage.py` calls, Daphne and the fake upstream as subprocesses, and
-stopping them. Scripts run as ``python bench/<name>.py``, so they import this as ``harness``."""
+stopping them; a TCP listener in another process and the Django set-up of the outbound benches.
+Scripts run as ``python bench/<name>.py``, so they import this as ``harness``."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import multiprocessing
 import os
 import secrets
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -136,3 +142,42 @@ def percentile(values: list[float], pct: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))] * 1000
+
+
+def outbound_django_setup() -> None:
+    """Django for a bench that drives ``core.outbound`` in this process: settings from the
+    environment, loopback allowed by CIDR (the checked-address path, as for a provider)."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
+    os.environ.setdefault("SECRET_KEY", "bench")
+    os.environ.setdefault("DATABASE_URL", "sqlite:///:memory:")
+    os.environ["OUTBOUND_ALLOWED_HOSTS"] = "127.0.0.0/8"
+    import django
+
+    django.setup()
+
+
+def _serve(port_out, stop, handler, handler_args: tuple) -> None:
+    async def main():
+        answer = functools.partial(handler, *handler_args)
+        server = await asyncio.start_server(answer, "127.0.0.1", 0, backlog=1024)
+        port_out.put(server.sockets[0].getsockname()[1])
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        server.close()
+
+    asyncio.run(main())
+
+
+@contextmanager
+def listener_process(handler, *handler_args) -> Iterator[int]:
+    """A TCP listener on loopback in another process (so that serving costs the measured process
+    nothing), each connection answered by ``handler(*handler_args, reader, writer)``; yields its
+    port and stops it on exit."""
+    ports, stop = multiprocessing.Queue(), multiprocessing.Event()
+    process = multiprocessing.Process(target=_serve, args=(ports, stop, handler, handler_args), daemon=True)
+    process.start()
+    try:
+        yield ports.get(timeout=10)
+    finally:
+        stop.set()
+        process.join(5)

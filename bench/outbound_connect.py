@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
-import os
 import statistics
 import sys
 import time
@@ -24,21 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harness import listener_process, outbound_django_setup  # noqa: E402
 
-def _listen(port_out, stop) -> None:
-    """Accept and close connections until ``stop`` is set (in its own process)."""
 
-    async def main():
-        async def close(reader, writer):
-            writer.close()
-
-        server = await asyncio.start_server(close, "127.0.0.1", 0, backlog=1024)
-        port_out.put(server.sockets[0].getsockname()[1])
-        while not stop.is_set():
-            await asyncio.sleep(0.05)
-        server.close()
-
-    asyncio.run(main())
+async def _close(reader, writer) -> None:
+    """The listener's answer: accept and close."""
+    writer.close()
 
 
 async def measure(connect, n: int) -> tuple[float, float]:
@@ -81,22 +70,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
 
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
-    os.environ.setdefault("SECRET_KEY", "bench")
-    os.environ.setdefault("DATABASE_URL", "sqlite:///:memory:")
-    os.environ["OUTBOUND_ALLOWED_HOSTS"] = "127.0.0.0/8"  # the checked-address path, as for a provider
-    import django
-
-    django.setup()
-
-    ports, stop = multiprocessing.Queue(), multiprocessing.Event()
-    listener = multiprocessing.Process(target=_listen, args=(ports, stop), daemon=True)
-    listener.start()
-    try:
-        asyncio.run(run(ports.get(timeout=10), args))
-    finally:
-        stop.set()
-        listener.join(5)
+    outbound_django_setup()
+    with listener_process(_close) as port:
+        asyncio.run(run(port, args))
     return 0
 
 

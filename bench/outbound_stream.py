@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
-import os
 import statistics
 import sys
 import time
@@ -24,30 +22,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harness import listener_process, outbound_django_setup  # noqa: E402
 
-def _listen(port_out, stop, chunks: int, interval: float) -> None:
-    """Answer each request with ``chunks`` chunks, ``interval`` apart (in its own process)."""
 
-    async def main():
-        async def answer(reader, writer):
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
-            chunk = b'data: {"choices":[{"delta":{"content":"word "}}]}\n\n'
-            for _ in range(chunks):
-                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                await writer.drain()
-                await asyncio.sleep(interval)
-            writer.write(b"0\r\n\r\n")
-            await writer.drain()
-            writer.close()
-
-        server = await asyncio.start_server(answer, "127.0.0.1", 0, backlog=1024)
-        port_out.put(server.sockets[0].getsockname()[1])
-        while not stop.is_set():
-            await asyncio.sleep(0.05)
-        server.close()
-
-    asyncio.run(main())
+async def _stream(chunks: int, interval: float, reader, writer) -> None:
+    """The listener's answer: ``chunks`` chunks, ``interval`` apart."""
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+    chunk = b'data: {"choices":[{"delta":{"content":"word "}}]}\n\n'
+    for _ in range(chunks):
+        writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        await writer.drain()
+        await asyncio.sleep(interval)
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+    writer.close()
 
 
 async def measure(url: str, streams: int) -> tuple[float, int]:
@@ -112,24 +101,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
 
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.base")
-    os.environ.setdefault("SECRET_KEY", "bench")
-    os.environ.setdefault("DATABASE_URL", "sqlite:///:memory:")
-    os.environ["OUTBOUND_ALLOWED_HOSTS"] = "127.0.0.0/8"  # the checked-address path, as for a provider
-    import django
-
-    django.setup()
-
-    ports, stop = multiprocessing.Queue(), multiprocessing.Event()
-    listener = multiprocessing.Process(
-        target=_listen, args=(ports, stop, args.chunks, args.interval), daemon=True
-    )
-    listener.start()
-    try:
-        asyncio.run(run(ports.get(timeout=10), args))
-    finally:
-        stop.set()
-        listener.join(5)
+    outbound_django_setup()
+    with listener_process(_stream, args.chunks, args.interval) as port:
+        asyncio.run(run(port, args))
     return 0
 
 
