@@ -95,9 +95,9 @@ class _Protocol(asyncio.Protocol):
 class LoopStream(httpcore.AsyncNetworkStream):
     """One connection as httpcore's HTTP/1.1 and HTTP/2 code drive it."""
 
-    def __init__(self, transport: asyncio.Transport, protocol: _Protocol) -> None:
-        self._transport = transport
-        self._protocol = protocol
+    def __init__(self, protocol: _Protocol) -> None:
+        self._protocol = protocol  # its ``transport`` is the connection's, TLS or not
+        transport = protocol.transport
         # Read now: a closed TLS transport no longer answers get_extra_info.
         self._extra = {
             "ssl_object": transport.get_extra_info("ssl_object"),
@@ -110,8 +110,8 @@ class LoopStream(httpcore.AsyncNetworkStream):
     async def from_socket(cls, sock: socket.socket) -> LoopStream:
         """Wrap a connected, non-blocking socket (the guard connected it to a vetted address)."""
         loop = asyncio.get_running_loop()
-        transport, protocol = await loop.create_connection(lambda: _Protocol(loop), sock=sock)
-        return cls(transport, protocol)
+        _, protocol = await loop.create_connection(lambda: _Protocol(loop), sock=sock)
+        return cls(protocol)
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         protocol = self._protocol
@@ -134,9 +134,9 @@ class LoopStream(httpcore.AsyncNetworkStream):
         if not buffer:
             return
         protocol = self._protocol
-        if protocol.closed or self._transport.is_closing():
+        if protocol.closed or protocol.transport.is_closing():
             raise httpcore.WriteError("the connection is closed")
-        self._transport.write(buffer)
+        protocol.transport.write(buffer)
         waiter = protocol.write_waiter
         if waiter is not None and not waiter.done():
             try:
@@ -148,7 +148,7 @@ class LoopStream(httpcore.AsyncNetworkStream):
             raise httpcore.WriteError(str(protocol.error))
 
     async def aclose(self) -> None:
-        self._transport.close()
+        self._protocol.transport.close()
 
     async def start_tls(
         self,
@@ -156,23 +156,23 @@ class LoopStream(httpcore.AsyncNetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        loop = self._protocol.loop
+        protocol = self._protocol
         try:
             async with asyncio.timeout(timeout):
-                transport = await loop.start_tls(
-                    self._transport, self._protocol, ssl_context, server_hostname=server_hostname
+                transport = await protocol.loop.start_tls(
+                    protocol.transport, protocol, ssl_context, server_hostname=server_hostname
                 )
         except TimeoutError as exc:
-            self._transport.close()
+            protocol.transport.close()
             raise httpcore.ConnectTimeout("the TLS handshake timed out") from exc
-        except (ssl.SSLError, OSError, ConnectionError) as exc:
-            self._transport.close()
+        except OSError as exc:  # ssl.SSLError and ConnectionError among them
+            protocol.transport.close()
             raise httpcore.ConnectError(str(exc)) from exc
         except BaseException:
-            self._transport.close()
+            protocol.transport.close()
             raise
-        self._protocol.transport = transport
-        return LoopStream(transport, self._protocol)
+        protocol.transport = transport
+        return LoopStream(protocol)
 
     def get_extra_info(self, info: str) -> Any:
         if info == "is_readable":  # the pool asks before reusing an idle connection
