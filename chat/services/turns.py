@@ -85,6 +85,7 @@ FLUSH_SECONDS = 0.075
 PROGRESS_SECONDS = 1.0
 FINAL_WRITE_TIMEOUT = 30.0
 CANCEL_POLL_SECONDS = 0.25
+WATCH_IDLE_SECONDS = 30.0
 GAP_RETRY_SECONDS = 0.05
 TITLE_FROM_MESSAGE_CHARS = 60
 OPENINGS_BATCH = 100
@@ -815,7 +816,8 @@ class _Hub:
         self.turns[str(turn.message_id)] = turn
         self.busy.set()
         if self.watcher is None or self.watcher.done():
-            # Listens only while turns run: an idle loop holds no subscription.
+            # Listens while turns run, and ``WATCH_IDLE_SECONDS`` after: an idle loop holds no
+            # subscription.
             self.watcher = self.loop.create_task(self._watch(), context=contextvars.Context())
 
     async def _write_forever(self) -> None:
@@ -902,9 +904,18 @@ class _Hub:
 
     async def _watch(self) -> None:
         while self.turns:  # re-checked after the subscription closes: a turn may have come meanwhile
-            async with realtime.Subscription(CONTROL_GROUP) as control:
+            async with realtime.Subscription(CONTROL_GROUP, dedicated=True) as control:
                 checked_at = 0.0
-                while self.turns:
+                idle_since: float | None = None
+                while True:
+                    # It stays subscribed for a while after the last turn: a process whose turns
+                    # come one after another does not subscribe again at the start of each.
+                    if self.turns:
+                        idle_since = None
+                    elif idle_since is None:
+                        idle_since = self.loop.time()
+                    elif self.loop.time() - idle_since >= WATCH_IDLE_SECONDS:
+                        break
                     pushed = await control.next(CANCEL_POLL_SECONDS)
                     if pushed is not None and pushed.get("follow"):
                         turn = self.turns.get(str(pushed["follow"]))
