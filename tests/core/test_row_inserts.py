@@ -105,7 +105,7 @@ def _count_compiles(monkeypatch) -> list[str]:
 
 
 @pytest.mark.postgres
-@pytest.mark.parametrize("rows", [1, 3])  # one row: VALUES; several: PostgreSQL's UNNEST arrays
+@pytest.mark.parametrize("rows", [1, 3, 6])  # one row, a few rows: VALUES; more: UNNEST arrays
 def test_a_shape_seen_before_is_not_compiled_again_and_its_rows_keep_their_own_values(monkeypatch, rows):
     from core import row_inserts
 
@@ -127,6 +127,23 @@ def test_a_shape_seen_before_is_not_compiled_again_and_its_rows_keep_their_own_v
     two = [Organization(name=f"two {i}", slug=f"shape-two-{rows}-{i}") for i in range(2)]
     insert_rows([(Organization, two)])
     assert len(compiled) == 2  # another number of rows is another shape
+
+
+@pytest.mark.postgres
+def test_a_few_rows_go_as_plain_values_and_many_as_one_array_per_column():
+    """psycopg dumps an array parameter in Python, element by element: the few rows of a chat
+    turn's opening go as plain parameters; a burst's many rows as PostgreSQL's UNNEST arrays."""
+    from core.row_inserts import UNNEST_MIN_ROWS, rows_statement
+
+    def statement(rows: int):
+        orgs = [Organization(name=f"o{i}", slug=f"form-{rows}-{i}") for i in range(rows)]
+        return rows_statement([(Organization, orgs)])
+
+    for _ in range(2):  # compiled, then from the learned shape
+        few_sql, few_params = statement(UNNEST_MIN_ROWS - 1)
+        many_sql, many_params = statement(UNNEST_MIN_ROWS)
+        assert "UNNEST" not in few_sql and not any(isinstance(p, list) for p in few_params)
+        assert "UNNEST" in many_sql and all(isinstance(p, list) for p in many_params)
 
 
 @pytest.mark.postgres
