@@ -45,7 +45,6 @@ def test_events_published_while_nobody_waits_are_received_in_order():
     assert asyncio.run(scenario()) == [{"n": 0}, {"n": 1}, {"n": 2}]
 
 
-
 def test_a_dedicated_subscription_receives_like_any_other():
     group = "test-realtime-dedicated"
 
