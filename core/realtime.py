@@ -135,8 +135,6 @@ class Subscription:
             await asyncio.sleep(timeout)
             return None
         if self._inbox is not None:
-            if not self._inbox.empty():
-                return self._inbox.get_nowait()
             try:
                 async with asyncio.timeout(timeout):
                     return await self._inbox.get()
