@@ -242,6 +242,8 @@ async def measure(sides: list[Side], levels: list[int], args, pid: int) -> None:
             shift = repeat % len(sides)
             for side in sides[shift:] + sides[:shift]:
                 await run_level(side, n, args.words, pid)
+                if n == 1:
+                    await asyncio.sleep(args.settle)  # the last stream's tail is not the next one's
             if n > 1:
                 await asyncio.sleep(0.5)  # let the fake's threads and Daphne's sockets wind down
 
@@ -321,6 +323,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="levels 1,20,200, fewer samples")
     parser.add_argument("--samples", type=int, default=30, help="sequential streams per side at N=1")
     parser.add_argument("--batches", type=int, default=3, help="batches per side at 1 < N < 500")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.1,
+        help="seconds between the streams of N=1 (so that one stream's tail is not charged to the next)",
+    )
     parser.add_argument("--words", type=int, default=20, help="words (deltas) per answer, 50 ms apart")
     parser.add_argument(
         "--database-url",

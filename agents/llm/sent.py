@@ -64,3 +64,15 @@ async def until_request_sent(
     if not sent.done() and not run.done():
         wait = REQUEST_SENT_WAIT_SECONDS if timeout is None else timeout
         await asyncio.wait((sent, run), timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+
+
+async def after_request_sent(*, timeout: float | None = None) -> None:
+    """Within a :func:`request_sent_signal` block (or a task started in one): wait until its
+    request is sent, up to ``timeout`` (default ``REQUEST_SENT_WAIT_SECONDS``). For work of the
+    run itself that can wait for the call (its own row): started in a task beside the call, it
+    would otherwise take the loop while the call's connection opens. Outside such a block it
+    returns at once."""
+    sent = _signal.get()
+    if sent is not None and not sent.done():
+        wait = REQUEST_SENT_WAIT_SECONDS if timeout is None else timeout
+        await asyncio.wait((sent,), timeout=wait)

@@ -59,6 +59,7 @@ FINISH_MAX_TOOL_ITERATIONS = "max_tool_iterations"
 # What a tool result may weigh in the conversation and in the recorded steps.
 MAX_TOOL_CONTENT_CHARS = 100_000
 MAX_STEP_VALUE_CHARS = 4_000
+SAVE_HOLD_SECONDS = 0.01  # a streamed run's row waits this long at most for its first event
 
 HistoryLoader = Callable[..., list[dict[str, Any]]]
 EventCallback = Callable[[dict[str, Any]], Awaitable[None]]
@@ -196,6 +197,20 @@ async def _run_tool_call(
     return step
 
 
+async def _save_when_out(run: AgentRun, first_event: asyncio.Future | None) -> AgentRun:
+    """Save a run's row once its first model call's request has left (when the caller waits for
+    that: ``agents.llm.sent``) and, for a streamed run, once its first event is out (at most
+    ``SAVE_HOLD_SECONDS`` later): compiling and sending the statement takes the loop for about a
+    millisecond, which the call's answer and first token should not wait for."""
+    from agents.llm import after_request_sent
+
+    await after_request_sent()
+    if first_event is not None:
+        await asyncio.wait((first_event,), timeout=SAVE_HOLD_SECONDS)
+        await asyncio.sleep(0)  # whoever that event woke hands it out first
+    return await arun_save(run)
+
+
 async def arun_agent(
     *,
     agent: Agent,
@@ -215,6 +230,8 @@ async def arun_agent(
     turn that opens a conversation), passes the ``run`` it built (``run_build``) and
     ``run_written``, which completes once that row is committed (or raises if it was not)."""
     started = time.perf_counter()
+    streamed = stream and on_event is not None
+    first_event = asyncio.get_running_loop().create_future()
     if run is not None:
         org = run.org
     elif Agent.org.is_cached(agent):  # the callers' selectors attach the org they scoped by
@@ -230,15 +247,18 @@ async def arun_agent(
             conversation_id=conversation_id,
             trigger=trigger,
         )
-        # The row is written while the first model call is on its way: nothing before the call
-        # needs it, and everything after (tools, the run's end) waits for it (``saved``).
-        saving = asyncio.ensure_future(arun_save(run))
+        # The row is written while the first model call is on its way (``_save_when_out``):
+        # nothing before the call needs it, and everything after (tools, the run's end) waits for
+        # it (``saved``).
+        saving = asyncio.ensure_future(_save_when_out(run, first_event if streamed else None))
     elif run_written is not None:
         saving = asyncio.ensure_future(run_written)
     else:
         raise ValueError("A run built by the caller needs run_written.")
 
     async def saved() -> None:
+        if not first_event.done():  # nothing was streamed before this: the row may go now
+            first_event.set_result(None)
         await asyncio.shield(saving)
 
     steps: list[dict[str, Any]] = []
@@ -264,6 +284,8 @@ async def arun_agent(
     async def emit(event: dict[str, Any]) -> None:
         if on_event is not None:
             await on_event({**event, "run_id": str(run.pk)})
+        if not first_event.done():
+            first_event.set_result(None)
 
     try:
         if _prepare_in_memory(agent, conversation_id, history):

@@ -8,6 +8,7 @@ from django.db.models import Q, QuerySet
 
 from chat.models import Conversation, Message
 from chat.selectors.messages import message_history as _message_history
+from chat.selectors.messages import row_on_its_way
 from core.errors import NotFoundError
 
 
@@ -35,10 +36,12 @@ def conversation_list(
 
 
 def conversation_get(*, org, user, conversation_id: Any) -> Conversation:
-    """One of the user's conversations; anything else (another user's, another org's) is 404."""
-    conversation = (
-        Conversation.objects.filter(org=org, user=user, pk=conversation_id).select_related("agent").first()
-    )
+    """One of the user's conversations; anything else (another user's, another org's) is 404. One
+    that a turn is still opening is waited for (``chat.selectors.messages.row_on_its_way``)."""
+    mine = Conversation.objects.filter(org=org, user=user, pk=conversation_id).select_related("agent")
+    conversation = mine.first()
+    if conversation is None and row_on_its_way(Conversation, conversation_id):
+        conversation = mine.first()
     if conversation is None:
         raise NotFoundError("Conversation not found.")
     return conversation

@@ -6,14 +6,39 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
 from typing import Any
 from uuid import UUID
 
+from django.db import models
+
 from chat.models import Conversation, Message, MessageEvent
 from core.errors import NotFoundError, ValidationError
+from core.ids import minted_seconds_ago
 
 MAX_HISTORY_LIMIT = 200
 DEFAULT_HISTORY_LIMIT = 50
+# A turn that opens a conversation answers with its ids before its rows are committed
+# (``chat.services.turns``): a lookup of such an id waits this long at most for its row.
+OPENING_GRACE_SECONDS = 5.0
+OPENING_POLL_SECONDS = 0.02
+
+
+def row_on_its_way(model: type[models.Model], pk: Any) -> bool:
+    """Whether a row that a scoped lookup did not find exists now, having waited for it when its id
+    was minted a moment ago (a version 7 id younger than ``OPENING_GRACE_SECONDS``): the caller
+    then looks again, with its scope. Any other id answers at once, so an unknown or foreign id
+    costs one more indexed read, never a wait; a foreign id that exists is found at once too."""
+    age = minted_seconds_ago(pk)
+    if age is None or not -1.0 < age < OPENING_GRACE_SECONDS:
+        return False
+    deadline = time.monotonic() + OPENING_GRACE_SECONDS - max(age, 0.0)
+    while True:
+        if model.objects.filter(pk=pk).exists():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(OPENING_POLL_SECONDS)  # a view thread, waiting for a commit it was promised
 
 
 def message_dict(message: Message) -> dict[str, Any]:
@@ -97,12 +122,14 @@ def message_history(*, conversation: Conversation, cursor: str | None, limit: in
 
 
 def turn_message_get(*, org, user, message_id: Any) -> Message:
-    """A message of one of the caller's conversations (404 for anything else)."""
-    message = (
-        Message.objects.filter(pk=message_id, org=org, conversation__user=user)
-        .select_related("conversation")
-        .first()
+    """A message of one of the caller's conversations (404 for anything else); one that a turn
+    opening a conversation is still writing is waited for (:func:`row_on_its_way`)."""
+    mine = Message.objects.filter(pk=message_id, org=org, conversation__user=user).select_related(
+        "conversation"
     )
+    message = mine.first()
+    if message is None and row_on_its_way(Message, message_id):
+        message = mine.first()
     if message is None:
         raise NotFoundError("Message not found.")
     return message

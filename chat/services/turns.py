@@ -7,8 +7,10 @@ Celery task or a test, on a background loop of the process), not tied to any res
 that opens a conversation the run starts first and the rows, its run's ``AgentRun`` with them,
 are written while its model call is on its way, all in one statement (``core.row_inserts``; under
 a server, together with those of the turns opening at the same moment, from the loop itself on
-PostgreSQL: ``core.loop_writer``, else from a writer thread: ``core.batch_writer``); the response
-and the log follow their commit.
+PostgreSQL: ``core.loop_writer``, else from a writer thread: ``core.batch_writer``). On a
+server's loop the response goes first, once the call's request has left, and the rows once the
+run's first event is out; the ids it answers are version 7 UUIDs, which lookups that come before
+the commit wait for (``chat.selectors.messages.row_on_its_way``). The log follows their commit.
 Every event of the run gets the next per-message ``seq`` and is published at once on the turn's
 channel-layer group. One log writer per loop (``_Hub``) appends the events of all its running turns to the
 ``MessageEvent`` log in one transaction every ``FLUSH_SECONDS``, with the messages' text, parts and
@@ -74,6 +76,7 @@ from core.batch_writer import BatchWriter
 from core.commits import commit_without_flush_wait
 from core.db_threads import on_short_lived_loop, server_loop_of_this_thread
 from core.errors import ApplicationError, ConflictError, NotFoundError, ValidationError
+from core.ids import uuid7
 from core.loop_writer import LoopRowWriter
 from core.row_inserts import RowGroup, insert_rows, server_binding_cursor
 
@@ -82,6 +85,7 @@ logger = logging.getLogger(__name__)
 TERMINAL_EVENTS = frozenset({"message.end", "error"})
 ON_DISCONNECT = ("continue", "cancel")
 FLUSH_SECONDS = 0.075
+OPENING_HOLD_SECONDS = 0.01
 PROGRESS_SECONDS = 1.0
 FINAL_WRITE_TIMEOUT = 30.0
 CANCEL_POLL_SECONDS = 0.25
@@ -403,10 +407,10 @@ def _opening_turn(
         return None
     text = _turn_check(message=message, channel=channel, on_disconnect=on_disconnect)
     agent_row = resolve_agent(org=org, user=user, agent=agent)
-    started = TurnStarted(
-        conversation_id=uuid.uuid4(),
-        user_message_id=uuid.uuid4(),
-        message_id=uuid.uuid4(),
+    started = TurnStarted(  # ids that say they are new (``core.ids``): see ``astart_turn``
+        conversation_id=uuid7(),
+        user_message_id=uuid7(),
+        message_id=uuid7(),
         conversation_created=True,
     )
     turn = _make_turn(
@@ -477,12 +481,14 @@ async def astart_turn(
     is written or started. ``agent`` is an Agent, an agent id or an agent key the user may see.
 
     A turn that opens a conversation with an Agent in hand needs nothing from the database before
-    its model call, so the run starts at once, under ids chosen here, and once its request has left
-    (``agents.llm.sent``: the rows' statement would otherwise hold the loop while the call's
-    connection opens) the conversation, the messages and the run's row are written
-    (``turn_openings_write``) while the provider works; the turn's log is
-    written only once they are committed, and if they fail the run is called off. A turn that continues a
-    conversation reads its history first (``turn_prepare``), then starts."""
+    its model call, so the run starts at once, under ids chosen here. On a server's loop it returns
+    once the call's request has left (``agents.llm.sent``), before its rows are written: the
+    conversation, the messages and the run's row follow (:func:`_store_opening`) once the run's
+    first event is out, and the turn's log only once they are committed; if they fail, the run is
+    called off and its followers get an ``error`` event. Its ids are version 7 UUIDs, so a lookup
+    that comes before the commit waits for it (``chat.selectors.messages.row_on_its_way``).
+    Elsewhere (a sync caller's short-lived loop) the rows are written before it returns. A turn
+    that continues a conversation reads its history first (``turn_prepare``), then starts."""
     args = {"org": org, "user": user, "agent": agent, "message": message, "channel": channel}
     opening = _opening_turn(**args, conversation_id=conversation_id, on_disconnect=on_disconnect)
     if opening is not None:
@@ -491,9 +497,10 @@ async def astart_turn(
         try:
             if on_short_lived_loop():  # a sync caller (a test): its thread, connection and transaction
                 await sync_to_async(_write_opening_rows)(_opening_rows(writes))
-            else:  # a server's loop: together with concurrent openings, once the model call is out
+            else:  # a server's loop: the call goes out first, then the answer, then the rows
                 await until_request_sent(turn.request_sent, turn.task)
-                await _loop_openings.write(_opening_rows(writes))
+                turn.opening = asyncio.get_running_loop().create_task(_store_opening(turn, writes))
+                return turn.started
         except BaseException as exc:
             _opened(turn, exc)
             raise
@@ -504,6 +511,27 @@ async def astart_turn(
     )
     _spawn(_make_turn(**{**args, "agent": agent_row}, started=started, history=history))
     return started
+
+
+async def _store_opening(turn: _Turn, writes: dict[str, Any]) -> None:
+    """Write the rows of a turn that opened a conversation on the server's loop, together with
+    those of concurrent openings (``core.loop_writer``), once the run's first event is out
+    (at most ``OPENING_HOLD_SECONDS`` after its request left): building and compiling the
+    statement takes the loop for a millisecond or two, which the first token should not wait for.
+    Then the hub writes the turn's log; if they fail, the turn is abandoned."""
+    try:
+        await asyncio.wait(
+            (turn.first_event, turn.task), timeout=OPENING_HOLD_SECONDS, return_when=asyncio.FIRST_COMPLETED
+        )
+        await asyncio.sleep(0)  # the followers woken by that event hand it out first
+        await _loop_openings.write(_opening_rows(writes))
+    except BaseException as exc:
+        _opened(turn, exc)
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        logger.error("chat turn %s: its rows could not be written: %r", turn.message_id, exc)
+        return
+    _opened(turn, None)
 
 
 def start_turn(
@@ -982,6 +1010,8 @@ class _Turn:
         self._written: asyncio.Future | None = None
         self._stored: asyncio.Future | None = None
         self._request_sent: asyncio.Future | None = None
+        self._first_event: asyncio.Future | None = None
+        self.opening: asyncio.Task | None = None  # writes its rows (``_store_opening``)
         self.run_id: str | None = None
         self.run_row = None  # an AgentRun written with the turn's rows (``_opening_turn``)
         self.cancel_reason: str | None = None
@@ -1004,6 +1034,9 @@ class _Turn:
         await self._announce(TurnEvent(seq=self.seq, event=event, data=data))
 
     async def _announce(self, event: TurnEvent) -> None:
+        self._wake(event)
+
+    def _wake(self, event: TurnEvent) -> None:
         """Wake the followers on this loop (they read ``events``); followers in other processes
         get the events from the hub, in batches, once they are in the log."""
         self.events.append(event)
@@ -1012,6 +1045,13 @@ class _Turn:
 
     async def on_run_event(self, event: dict[str, Any]) -> None:
         """The runtime's events, as turn events (and as the message's parts)."""
+        try:
+            await self._on_run_event(event)
+        finally:
+            if not self.first_event.done():  # after the event is handed to the followers
+                self.first_event.set_result(None)
+
+    async def _on_run_event(self, event: dict[str, Any]) -> None:
         if event.get("run_id"):
             self.run_id = event["run_id"]
         kind = event.get("type")
@@ -1058,6 +1098,8 @@ class _Turn:
     async def finish(self, event: str, data: dict[str, Any], fields: dict[str, Any]) -> None:
         """The terminal event and the outcome: the hub writes them with the last events, and only
         then is the event published, so a client that sees it finds the message stored."""
+        if not self.first_event.done():  # a turn that ends before any event: its rows may go now
+            self.first_event.set_result(None)
         self.seq += 1
         self.pending.append((self.seq, event, data))
         self.final = fields
@@ -1068,6 +1110,8 @@ class _Turn:
                 await asyncio.wait_for(asyncio.shield(written), FINAL_WRITE_TIMEOUT)
             except TimeoutError:
                 logger.error("chat turn %s: its outcome was not written in time", self.message_id)
+        if self.abandoned:
+            return  # its followers were given the turn's ``error`` already
         await self._announce(TurnEvent(seq=self.seq, event=event, data=data))
 
     @property
@@ -1076,6 +1120,14 @@ class _Turn:
         if self._request_sent is None:
             self._request_sent = asyncio.get_running_loop().create_future()
         return self._request_sent
+
+    @property
+    def first_event(self) -> asyncio.Future:
+        """Done once the run's first event (a delta, the end of a model step) was handled, or the
+        turn ends without one."""
+        if self._first_event is None:
+            self._first_event = asyncio.get_running_loop().create_future()
+        return self._first_event
 
     @property
     def stored(self) -> asyncio.Future:
@@ -1092,10 +1144,14 @@ class _Turn:
             self.hub.add(self)
 
     def abandon(self) -> None:
-        """Its messages could not be written: stop the run, write and publish nothing (on the
-        turn's loop). The run's row, which was to be written with them, is not there either; the
-        model call still records its usage."""
+        """Its messages could not be written: stop the run, write and publish nothing but an
+        ``error`` event for the followers on this loop (on the turn's loop). The run's row, which
+        was to be written with them, is not there either; the model call still records its usage."""
         self.abandoned = True
+        if self.events[-1].event not in TERMINAL_EVENTS:  # followers that were given its ids end
+            self.seq += 1
+            data = {"code": "ERR_INTERNAL", "message": "The turn could not be stored."}
+            self._wake(TurnEvent(seq=self.seq, event="error", data=data))
         if not self.stored.done():
             self.stored.set_exception(RuntimeError("The turn's rows could not be written."))
             self.stored.exception()  # its awaiter (the run) may be gone already: nothing to log

@@ -264,6 +264,54 @@ def test_a_cancelled_run_is_recorded_as_cancelled(org, member, provider):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_a_streamed_runs_row_is_written_once_its_request_left_and_its_first_delta_is_out(
+    fake_upstream, allow_loopback, monkeypatch
+):
+    """Compiling and sending the row's statement takes the loop for a while: a streamed run called
+    under ``request_sent_signal`` (as the /v1 views call it) writes it after its request has left
+    and its first delta was handed to ``on_event``, not in between."""
+    from agents.llm import request_sent_signal
+    from agents.runtime import loop
+    from agents.services import runs
+    from tests.factories import OrganizationFactory
+
+    org = OrganizationFactory()
+    provider = Provider.objects.create(
+        org=org, name="fake", provider_type="openai_compat", api_base=fake_upstream.base_url, api_key="sk-x"
+    )
+    agent = make_agent(org, provider, "slow")
+    monkeypatch.setattr(loop, "SAVE_HOLD_SECONDS", 30.0)  # the first delta, however late
+    writer = runs._loop_run_saves
+    real_write = writer.write
+    deltas: list[str] = []
+    seen: dict = {}
+
+    async def on_event(event):
+        if event["type"] == "delta":
+            deltas.append(event["text"])
+
+    async def recorded_write(item):
+        seen.setdefault("sent", sent.done())
+        seen.setdefault("deltas", list(deltas))
+        await real_write(item)
+
+    async def main():
+        nonlocal sent
+        with request_sent_signal() as sent:
+            return await loop.arun_agent(
+                agent=agent, message="a b", trigger="openai", stream=True, on_event=on_event
+            )
+
+    sent = None
+    monkeypatch.setattr(writer, "write", recorded_write)
+    run = asyncio.run(main())
+    assert seen == {"sent": True, "deltas": ["echo:"]}
+    assert (
+        AgentRun.objects.get(pk=run.pk).status == AgentRun.Status.SUCCEEDED and "".join(deltas) == "echo: a b"
+    )
+
+
+@pytest.mark.django_db(transaction=True)
 def test_the_model_call_does_not_wait_for_the_run_row(fake_upstream, allow_loopback, monkeypatch):
     """On a server's loop the run's row is written while its first model call is on its way; a run
     whose row cannot be written fails with that error and leaves no row."""

@@ -58,7 +58,11 @@ def _bearer(raw: str) -> dict[str, str]:
 
 
 def _message(events) -> Message:
-    return Message.objects.get(pk=events[0].data["message_id"])
+    """The turn's assistant message. A turn that opens a conversation under a server answers
+    before its rows are committed (``chat.services.turns.astart_turn``): the API's lookups wait
+    for them, and so does this one, which reads the database directly."""
+    message_id = events[0].data["message_id"]
+    return wait_for(lambda: Message.objects.filter(pk=message_id).first(), what="the turn's rows")
 
 
 # --- one process (embedded default or not) ---------------------------------------------------------

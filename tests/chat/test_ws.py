@@ -594,8 +594,9 @@ def test_a_turn_streamed_by_one_process_is_aborted_from_another(
         words = " ".join(f"w{i}" for i in range(200))
         accepted = streaming.ok("chat.send", {"agent": agent.key, "message": words})
         assert streaming.next_event()["event"] == "chat.delta"
-        assert aborting.ok("sessions.list")["items"][0]["id"] == accepted["conversation_id"]
+        # The turn's rows may still be on their way (it answers first): the abort's lookup waits.
         aborting.ok("chat.abort", {"message_id": accepted["message_id"]})
+        assert aborting.ok("sessions.list")["items"][0]["id"] == accepted["conversation_id"]
         events = streaming.turn_events(accepted["message_id"], timeout=15)
         assert events[-1]["event"] == "chat.done" and events[-1]["payload"]["finish_reason"] == "cancelled"
     assert Message.objects.get(pk=accepted["message_id"]).status == Message.Status.CANCELLED
