@@ -6,7 +6,8 @@ when tens of streams start at once (``bench/stream_fanout.py``). Views that can 
 without blocking (``chat.api.own_thread``) first ask :func:`aauthenticate` here.
 
 It reads what ``ApiKeyAuthentication`` would read, the key's cached lookup and generation, and
-counts the request against its key's rate limit, in one round trip on the loop (an asyncio Redis
+counts the request against its key's rate limit (with the keys other apps ride along,
+``core.aredis.ride_with_key_reads``), in one round trip on the loop (an asyncio Redis
 client; the in-memory cache directly), then applies the same checks (``key_refusal``, ``X-Org-Id``,
 the key limit) and stamps the key's ``last_used_at`` as often as the thread would (once a minute,
 on a pool thread it does not wait for). A cache miss (the entry expired, or a change to some key,
@@ -48,10 +49,12 @@ async def aauthenticate(request, view) -> ApiKey | None:
     if parsed is None:
         return None
     counter = throttling.key_counter_for(view, parsed.public_id)
-    read = await aredis.cache_get_many_and_count(auth_cache.lookup_keys(parsed.public_id), counter)
+    lookup = auth_cache.lookup_keys(parsed.public_id)
+    read = await aredis.cache_get_many_and_count(lookup + aredis.riders(), counter)
     if read is None:
         return None
     found, count = read
+    request.cache_reads = found  # riders included: the view adopts them (``core.aredis``)
     if counter is not None:
         throttling.remember_count(request, counter, count)
     key, _generation = auth_cache.lookup_from(found, parsed.public_id)

@@ -11,8 +11,16 @@ class AgentsConfig(AppConfig):
 
     def ready(self) -> None:
         from accounts.registries import register_agent_resolver
-        from agents import receivers  # noqa: F401 - connects signal receivers
+        from agents import (
+            lookup_cache,
+            receivers,  # noqa: F401 - connects signal receivers
+        )
         from agents.tools import builtins  # noqa: F401 - registers the built-in tools
+        from core import aredis
+
+        # Every key lookup on the loop reads the agents' cache generation too: a run's agent is
+        # then checked against this process's copy without a round trip (``lookup_cache``).
+        aredis.ride_with_key_reads(lookup_cache.GENERATION_KEY)
 
         def agent_exists(org, agent_id) -> bool:
             from agents.models import Agent

@@ -8,10 +8,17 @@ the generation (at once, and again when the transaction commits), so an edited, 
 re-permissioned agent is read afresh on the very next call, in every process. Only the row is
 cached; who may see it is decided per call (``agents.selectors.agents.agent_for_run``).
 ``AGENT_CACHE_SECONDS`` bounds an entry's life (0 turns the cache off).
+
+Each process also keeps the rows it read (:func:`local_get`), under the generation they were read
+under. A request whose API key was looked up on the loop read the current generation in that same
+round trip (``core.aredis.ride_with_key_reads``), so a row kept under that generation is as good as
+the shared entry, without a round trip of its own.
 """
 
 from __future__ import annotations
 
+import copy
+import time
 from typing import Any
 
 from django.conf import settings
@@ -19,6 +26,9 @@ from django.core.cache import cache
 from django.db import transaction
 
 GENERATION_KEY = "agents:lookup:generation"
+LOCAL_MAX_ENTRIES = 2048
+
+_local: dict[tuple[str, str], tuple[int, Any, float]] = {}
 
 
 def _entry_key(org_id: Any, ref: str) -> str:
@@ -67,3 +77,23 @@ def invalidate() -> None:
     """Forget every cached agent row, now and again when the current transaction commits."""
     _bump()
     transaction.on_commit(_bump)
+
+
+def local_get(org_id: Any, ref: str, generation: Any) -> Any:
+    """A copy of the row this process kept for ``(org_id, ref)`` under ``generation`` (the current
+    one, as the request read it), or None; entries live ``AGENT_CACHE_SECONDS`` at most."""
+    entry = _local.get((str(org_id), ref))
+    if generation is None or entry is None or entry[0] != generation:
+        return None
+    if time.monotonic() - entry[2] > settings.AGENT_CACHE_SECONDS:
+        return None
+    return copy.deepcopy(entry[1])  # each run its own row
+
+
+def local_store(org_id: Any, ref: str, generation: Any, agent: Any) -> None:
+    """Keep a row read (from the shared cache or the database) under ``generation``."""
+    if settings.AGENT_CACHE_SECONDS <= 0 or generation is None:
+        return
+    if len(_local) >= LOCAL_MAX_ENTRIES:
+        _local.clear()  # a process sees few agents; one that sees many starts over
+    _local[(str(org_id), ref)] = (generation, copy.deepcopy(agent), time.monotonic())

@@ -10,8 +10,11 @@ socket timeouts, key and value formats.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+import time
 import weakref
+from typing import Any
 
 import redis.asyncio
 from django.conf import settings
@@ -80,3 +83,40 @@ async def cache_get_many_and_count(
     values = zip(full_keys.values(), replies[0], strict=True)
     found = {key: loads(value) for key, value in values if value is not None}
     return found, (int(replies[2]) if counter is not None else None)
+
+
+# --- keys read along with the API key's lookup ----------------------------------------------------
+
+READ_WITH_KEY_SECONDS = 1.0  # how long a request may go by what its key lookup read
+_riders: list[str] = []
+_read: contextvars.ContextVar[tuple[dict, float] | None] = contextvars.ContextVar(
+    "aredis_read_with_key", default=None
+)
+
+
+def ride_with_key_reads(key: str) -> None:
+    """Read the cache key ``key`` in the same round trip as every API key's lookup on the loop
+    (``accounts.loop_auth``): a value the request's later reads can then check without a round
+    trip of their own (an app's cache generation; at start-up, from an ``AppConfig.ready``)."""
+    if key not in _riders:
+        _riders.append(key)
+
+
+def riders() -> list[str]:
+    """The keys :func:`ride_with_key_reads` registered."""
+    return list(_riders)
+
+
+def adopt_reads(found: dict | None) -> None:
+    """Keep what the request's key lookup read (riders included) for the rest of this context,
+    for ``READ_WITH_KEY_SECONDS``: the work of the request itself, not a run that outlives it."""
+    _read.set(None if found is None else (found, time.monotonic()))
+
+
+def read_with_key(key: str) -> Any:
+    """The value of ``key`` as the request's key lookup read it (see :func:`adopt_reads`); None
+    when it was not read (no lookup on the loop, not a rider, or not in the cache)."""
+    read = _read.get()
+    if read is None or time.monotonic() - read[1] > READ_WITH_KEY_SECONDS:
+        return None
+    return read[0].get(key)

@@ -170,17 +170,22 @@ async def aagent_for_run(
 
     if settings.AGENT_CACHE_SECONDS > 0:
         ref = _agent_ref(key, agent_id)
-        read = await aredis.cache_get_many_and_count(lookup_cache.lookup_keys(org.pk, ref))
-        if read is None:
-            return await run_db(agent_for_run, org=org, viewer=viewer, key=key, agent_id=agent_id)
-        agent = lookup_cache.lookup_from(read[0], org.pk, ref)[0]
-        if agent is None:  # expired or invalidated: one read for the whole burst that asks now
-            shared = await run_db_shared(
-                ("agent", org.pk, ref), _agent_row, org_id=org.pk, key=key, agent_id=agent_id
-            )
-            if shared is None:
-                return None
-            agent = copy.deepcopy(shared)  # each run its own row, as a cache hit gives it
+        # The generation as the request's key lookup read it: a row this process kept under it
+        # needs no round trip (``agents.lookup_cache.local_get``).
+        agent = lookup_cache.local_get(org.pk, ref, aredis.read_with_key(lookup_cache.GENERATION_KEY))
+        if agent is None:
+            read = await aredis.cache_get_many_and_count(lookup_cache.lookup_keys(org.pk, ref))
+            if read is None:
+                return await run_db(agent_for_run, org=org, viewer=viewer, key=key, agent_id=agent_id)
+            agent, generation = lookup_cache.lookup_from(read[0], org.pk, ref)
+            if agent is None:  # expired or invalidated: one read for the whole burst that asks now
+                shared = await run_db_shared(
+                    ("agent", org.pk, ref), _agent_row, org_id=org.pk, key=key, agent_id=agent_id
+                )
+                if shared is None:
+                    return None
+                agent = copy.deepcopy(shared)  # each run its own row, as a cache hit gives it
+            lookup_cache.local_store(org.pk, ref, generation, agent)
         visible = _visible_without_shares(agent, viewer)
         if visible is not None:
             if not visible:

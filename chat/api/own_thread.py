@@ -54,6 +54,7 @@ async def _on_loop(cls, initkwargs: dict, request, args, kwargs):
     from rest_framework.exceptions import APIException
 
     from accounts import loop_auth
+    from core import aredis
     from core.errors import ApplicationError
 
     authenticating = asyncio.ensure_future(loop_auth.aauthenticate(request, cls))
@@ -71,6 +72,7 @@ async def _on_loop(cls, initkwargs: dict, request, args, kwargs):
         key = await authenticating  # always awaited: it counted the request against the key's limit
     if key is None or data is None:
         return None
+    aredis.adopt_reads(getattr(request, "cache_reads", None))  # e.g. the agents' cache generation
     self.request = drf_request
     self.headers = self.default_response_headers
     loop_auth.bind(drf_request, key)

@@ -199,3 +199,16 @@ def test_a_due_stamp_of_last_use_is_written_off_the_loop_once_and_the_key_still_
             break
         time.sleep(0.05)
     assert stamped is not None
+
+
+def test_the_keys_other_apps_ride_along_are_read_in_the_same_round_trip(issued):
+    from agents import lookup_cache
+
+    key, raw = issued
+    _warm(key, raw)
+    lookup_cache.invalidate()  # the agents' generation now exists in the cache
+    request = _request(raw)
+    assert _settle(request).pk == key.pk
+    assert lookup_cache.GENERATION_KEY in aredis.riders()  # AgentsConfig.ready registered it
+    assert request.cache_reads[lookup_cache.GENERATION_KEY] == cache.get(lookup_cache.GENERATION_KEY)
+    assert request.cache_reads[auth_cache.GENERATION_KEY] == cache.get(auth_cache.GENERATION_KEY)

@@ -173,3 +173,61 @@ def test_from_the_loop_a_burst_that_misses_the_cache_reads_the_row_once(org, own
     assert [row.pk for row in found] == [agent.pk] * 8 and all(row.org is org for row in found)
     assert len({id(row) for row in found}) == 8  # each run its own row
     assert again.pk == agent.pk and threaded_again == []  # and the row is cached again
+
+
+@pytest.mark.django_db(transaction=True)
+def test_under_the_generation_its_request_read_a_run_takes_this_processs_copy_of_the_row(
+    org, owner, monkeypatch
+):
+    """A request whose key lookup read the agents' generation (``core.aredis.adopt_reads``) gets
+    the row this process kept under it, without a round trip; an edit (a new generation), no
+    generation at all, or one read too long ago go to the shared cache as before."""
+    import asyncio
+
+    from django.conf import settings
+    from django.core.cache import cache
+
+    from agents import lookup_cache
+    from agents.selectors.agents import aagent_for_run
+    from core import aredis
+
+    agent = _agent(org, owner, Agent.Visibility.ORG)
+    viewer = AgentViewer(user=owner, role=Role.OWNER)
+    agent_for_run(org=org, viewer=viewer, key=agent.key)  # in the shared cache
+    round_trips = []
+    real_read = aredis.cache_get_many_and_count
+
+    async def counted(keys, counter=None):
+        round_trips.append(keys)
+        return await real_read(keys, counter)
+
+    monkeypatch.setattr(aredis, "cache_get_many_and_count", counted)
+
+    def generation():
+        return cache.get(lookup_cache.GENERATION_KEY)
+
+    async def run_with(read):
+        try:
+            aredis.adopt_reads(read)
+            return await aagent_for_run(org=org, viewer=viewer, key=agent.key)
+        finally:
+            if "LOCATION" in settings.CACHES["default"]:  # Redis: close this loop's client
+                await aredis.client().aclose()
+
+    first = asyncio.run(run_with({lookup_cache.GENERATION_KEY: generation()}))
+    assert len(round_trips) == 1 and first.pk == agent.pk  # read once, and kept
+    second = asyncio.run(run_with({lookup_cache.GENERATION_KEY: generation()}))
+    third = asyncio.run(run_with({lookup_cache.GENERATION_KEY: generation()}))
+    assert len(round_trips) == 1  # no round trip of their own
+    assert second.pk == third.pk == agent.pk and second is not third and second.org is org  # copies
+    asyncio.run(run_with(None))  # no generation read with the key: the shared cache
+    assert len(round_trips) == 2
+
+    agent.name = "Renamed"
+    agent.save()  # bumps the generation
+    renamed = asyncio.run(run_with({lookup_cache.GENERATION_KEY: generation()}))
+    assert len(round_trips) == 3 and renamed.name == "Renamed"
+
+    monkeypatch.setattr(aredis, "READ_WITH_KEY_SECONDS", -1.0)  # read too long ago for this request
+    asyncio.run(run_with({lookup_cache.GENERATION_KEY: generation()}))
+    assert len(round_trips) == 4

@@ -77,7 +77,8 @@ def test_waits_of_a_dedicated_subscription_that_time_out_cost_the_layer_no_conne
 
     async def scenario():
         async with asyncio.timeout(20), Subscription(group, dedicated=True) as subscription:
-            assert await subscription.next(0.05) is None  # the layer's connections are open now
+            await apublish(group, {"n": 0})  # once through: the layer's connections are open now
+            assert await subscription.next(5) == {"n": 0}
             opened = len(connects)
             for _ in range(6):
                 assert await subscription.next(0.05) is None
