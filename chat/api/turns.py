@@ -98,7 +98,9 @@ class ChatTurnView(OwnThreadMixin, JsonErrorsMixin, TenantAPIView):
             "otherwise), without it a new conversation is opened. 400 for a bad body. " + _EVENTS_DOC + " "
             "Failures once the turn runs (no provider: `ERR_NO_PROVIDER`; provider errors) arrive as the "
             "`error` event. The turn survives its client unless `on_disconnect` is `cancel`; follow it "
-            "again with `GET /api/v1/chat/{message_id}/stream`."
+            "again with `GET /api/v1/chat/{message_id}/stream`. A turn that opens a conversation may "
+            "answer before its rows are stored: a lookup of its ids (stream, cancel, feedback, the "
+            "conversation) waits for them, and lists show them a few milliseconds later."
         ),
         request=ChatTurnInputSerializer,
         responses=_sse_ok("The turn's events."),

@@ -86,6 +86,10 @@ TERMINAL_EVENTS = frozenset({"message.end", "error"})
 ON_DISCONNECT = ("continue", "cancel")
 FLUSH_SECONDS = 0.075
 OPENING_HOLD_SECONDS = 0.01
+# Then a little longer: at a burst of openings (20 at once) the turns' first events go out before
+# the loop builds their statement (``bench/stream_fanout.py``: chat's first delta then follows the
+# upstream's as soon as /v1 raw's does).
+OPENING_AFTER_FIRST_SECONDS = 0.02
 PROGRESS_SECONDS = 1.0
 FINAL_WRITE_TIMEOUT = 30.0
 CANCEL_POLL_SECONDS = 0.25
@@ -516,14 +520,15 @@ async def astart_turn(
 async def _store_opening(turn: _Turn, writes: dict[str, Any]) -> None:
     """Write the rows of a turn that opened a conversation on the server's loop, together with
     those of concurrent openings (``core.loop_writer``), once the run's first event is out
-    (at most ``OPENING_HOLD_SECONDS`` after its request left): building and compiling the
-    statement takes the loop for a millisecond or two, which the first token should not wait for.
+    (at most ``OPENING_HOLD_SECONDS`` after its request left) and ``OPENING_AFTER_FIRST_SECONDS``
+    more: building and compiling the statement takes the loop for a millisecond or two per turn,
+    which no turn's first token should wait for.
     Then the hub writes the turn's log; if they fail, the turn is abandoned."""
     try:
         await asyncio.wait(
             (turn.first_event, turn.task), timeout=OPENING_HOLD_SECONDS, return_when=asyncio.FIRST_COMPLETED
         )
-        await asyncio.sleep(0)  # the followers woken by that event hand it out first
+        await asyncio.sleep(OPENING_AFTER_FIRST_SECONDS)  # the first events of a burst go first
         await _loop_openings.write(_opening_rows(writes))
     except BaseException as exc:
         _opened(turn, exc)
