@@ -27,6 +27,10 @@ as ratios to the relay of the same run: the added TTFT p50 of /v1 raw, /v1 agent
 <= 1.5x the relay's added TTFT p50 at N = 1 and 20, <= 2x at 200; zero errors at 500 (a failed
 stream at any level counts as a miss too). ``--check`` exits 1 when one is missed.
 
+At N = 1 the streams go one at a time, ``--settle`` seconds apart: the sides follow each other in
+a fixed cyclic order, and one side's tail work (usage rows, closing its connection) would
+otherwise always land on the same next side.
+
 ``--trace`` splits each TTFT at the upstream: every stream's prompt starts with a marker, the fake
 logs when it accepted the connection, read the request and sent the first delta (``FAKE_TRACE_LOG``),
 and a second table shows, per side, how long the request took to reach the upstream and the first
