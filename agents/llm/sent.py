@@ -56,14 +56,15 @@ def trace_for_sent() -> Callable[[str, dict], Awaitable[None]] | None:
 
 
 async def until_request_sent(
-    sent: asyncio.Future, run: asyncio.Future, *, timeout: float | None = None
+    sent: asyncio.Future, run: asyncio.Future | None, *, timeout: float | None = None
 ) -> None:
-    """Return once the request is sent, ``run`` (the task that makes the call) is done, or
-    ``timeout`` (default ``REQUEST_SENT_WAIT_SECONDS``) has passed. Reads neither's result: their
-    owners do."""
-    if not sent.done() and not run.done():
+    """Return once the request is sent, ``run`` (the task that makes the call, if given) is done,
+    or ``timeout`` (default ``REQUEST_SENT_WAIT_SECONDS``) has passed. Reads neither's result:
+    their owners do."""
+    waited = (sent,) if run is None else (sent, run)
+    if not any(future.done() for future in waited):
         wait = REQUEST_SENT_WAIT_SECONDS if timeout is None else timeout
-        await asyncio.wait((sent, run), timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waited, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
 
 
 async def after_request_sent(*, timeout: float | None = None) -> None:
@@ -73,6 +74,5 @@ async def after_request_sent(*, timeout: float | None = None) -> None:
     would otherwise take the loop while the call's connection opens. Outside such a block it
     returns at once."""
     sent = _signal.get()
-    if sent is not None and not sent.done():
-        wait = REQUEST_SENT_WAIT_SECONDS if timeout is None else timeout
-        await asyncio.wait((sent,), timeout=wait)
+    if sent is not None:
+        await until_request_sent(sent, None, timeout=timeout)

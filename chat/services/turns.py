@@ -1036,12 +1036,9 @@ class _Turn:
     async def emit(self, event: str, data: dict[str, Any]) -> None:
         self.seq += 1
         self.pending.append((self.seq, event, data))
-        await self._announce(TurnEvent(seq=self.seq, event=event, data=data))
+        self._announce(TurnEvent(seq=self.seq, event=event, data=data))
 
-    async def _announce(self, event: TurnEvent) -> None:
-        self._wake(event)
-
-    def _wake(self, event: TurnEvent) -> None:
+    def _announce(self, event: TurnEvent) -> None:
         """Wake the followers on this loop (they read ``events``); followers in other processes
         get the events from the hub, in batches, once they are in the log."""
         self.events.append(event)
@@ -1117,7 +1114,7 @@ class _Turn:
                 logger.error("chat turn %s: its outcome was not written in time", self.message_id)
         if self.abandoned:
             return  # its followers were given the turn's ``error`` already
-        await self._announce(TurnEvent(seq=self.seq, event=event, data=data))
+        self._announce(TurnEvent(seq=self.seq, event=event, data=data))
 
     @property
     def request_sent(self) -> asyncio.Future:
@@ -1156,7 +1153,7 @@ class _Turn:
         if self.events[-1].event not in TERMINAL_EVENTS:  # followers that were given its ids end
             self.seq += 1
             data = {"code": "ERR_INTERNAL", "message": "The turn could not be stored."}
-            self._wake(TurnEvent(seq=self.seq, event="error", data=data))
+            self._announce(TurnEvent(seq=self.seq, event="error", data=data))
         if not self.stored.done():
             self.stored.set_exception(RuntimeError("The turn's rows could not be written."))
             self.stored.exception()  # its awaiter (the run) may be gone already: nothing to log
