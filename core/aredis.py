@@ -1,10 +1,16 @@
-"""The default cache read from the event loop: an asyncio Redis client per loop.
+"""The default cache read from the event loop: a few Redis connections per loop.
 
 Django's cache API is synchronous: under ASGI each call is a thread hop, or blocks the loop. The few
 cache reads on the path of a stream's first token (the API key's cached lookup and its rate-limit
-count, ``accounts.loop_auth``; the agent a run names, ``agents.selectors.agents.aagent_for_run``)
-go through :func:`cache_get_many_and_count` instead, on the server's loop, with the cache's own URL,
-socket timeouts, key and value formats.
+count, ``accounts.loop_auth``; the agent a run names, ``agents.selectors.agents.aagent_for_run``;
+an org's billing state) go through :func:`cache_get_many_and_count` instead, on the server's loop,
+with the cache's own URL, timeouts, key and value formats.
+
+Each read is one round trip on a connection of the loop's own (:class:`LoopConnections`): the
+commands go out in one write and their replies are read back, under one timeout. redis-py's
+pipeline and pool do more around the same round trip (a lock and a health check on every
+checkout, a task for a write under a timeout, a timer per reply, connection metrics), and on the
+loop that was 0.5 ms more before the key was known, on every request (``bench/stream_fanout.py``).
 """
 
 from __future__ import annotations
@@ -26,29 +32,73 @@ from redis.exceptions import RedisError
 logger = logging.getLogger(__name__)
 
 # Connections per loop: a burst of requests waits for one of these (each holds it for one round
-# trip) rather than opening hundreds; redis-py's own pool refuses the request past its limit.
+# trip) rather than opening hundreds.
 MAX_CONNECTIONS = 32
-
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, redis.asyncio.Redis] = (
-    weakref.WeakKeyDictionary()
-)
+DEFAULT_TIMEOUT = 5.0  # seconds, when the cache's OPTIONS set no socket_timeout
 
 
-def client() -> redis.asyncio.Redis:
-    """The running loop's client of the default cache's Redis (made on first use)."""
+class LoopConnections:
+    """Connections of one event loop to the default cache's Redis, one round trip at a time each.
+
+    Connections are made by redis-py from the cache's URL (TLS, password, database and RESP
+    handshake included) and kept while they work: one that fails, times out or is cancelled
+    mid-reply is closed, never reused, so an idle one holds no unread reply. A round trip that
+    waits longer than the cache's ``socket_timeout`` for a free connection, or for Redis, fails with
+    ``RedisError`` like any other Redis failure.
+    """
+
+    def __init__(self, url: str, *, timeout: float, connect_timeout: float | None) -> None:
+        # Only a factory: its connections have no timeout of their own, a round trip has one.
+        self._factory = redis.asyncio.ConnectionPool.from_url(
+            url, socket_connect_timeout=connect_timeout, socket_timeout=None
+        )
+        self.timeout = timeout
+        self._idle: list[redis.asyncio.Connection] = []
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+
+    async def round_trip(self, commands: list[tuple]) -> list:
+        """The replies of ``commands``, sent together on one connection."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                async with self._slots:
+                    connection = self._idle.pop() if self._idle else self._factory.make_connection()
+                    try:
+                        if not connection.is_connected:
+                            await connection.connect()
+                        await connection.send_packed_command(
+                            connection.pack_commands(commands), check_health=False
+                        )
+                        replies = [await connection.read_response() for _ in commands]
+                    except BaseException:
+                        await connection.disconnect(nowait=True)
+                        raise
+                    self._idle.append(connection)
+                    return replies
+        except TimeoutError as exc:
+            raise redis.exceptions.TimeoutError(f"no reply from Redis within {self.timeout} s") from exc
+
+    async def aclose(self) -> None:
+        """Close the idle connections (a test's loop, before it ends)."""
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await connection.disconnect()
+
+
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopConnections] = weakref.WeakKeyDictionary()
+
+
+def client() -> LoopConnections:
+    """The running loop's connections to the default cache's Redis (made on first use)."""
     loop = asyncio.get_running_loop()
     found = _clients.get(loop)
     if found is None:
         config = settings.CACHES["default"]
         options = config.get("OPTIONS", {})
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
+        found = _clients[loop] = LoopConnections(
             config["LOCATION"],
-            max_connections=MAX_CONNECTIONS,
-            timeout=options.get("socket_timeout") or 5,
-            socket_connect_timeout=options.get("socket_connect_timeout"),
-            socket_timeout=options.get("socket_timeout"),
+            timeout=options.get("socket_timeout") or DEFAULT_TIMEOUT,
+            connect_timeout=options.get("socket_connect_timeout"),
         )
-        found = _clients[loop] = redis.asyncio.Redis(connection_pool=pool)
     return found
 
 
@@ -57,9 +107,9 @@ async def cache_get_many_and_count(
 ) -> tuple[dict, int | None] | None:
     """``cache.get_many(keys)`` and, with ``counter`` = (key, timeout), that counter counted as
     ``core.throttling.get_many_and_count`` counts it, from the event loop: on Redis in one round
-    trip of this module's client, on the in-memory cache directly (nothing to wait for). None for
-    any other cache (its calls would block the loop) and when Redis fails: the caller then goes
-    the synchronous way."""
+    trip of this module's connections, on the in-memory cache directly (nothing to wait for). None
+    for any other cache (its calls would block the loop) and when Redis fails: the caller then
+    goes the synchronous way."""
     backend = caches["default"]
     if isinstance(backend, LocMemCache):
         from core.throttling import get_many_and_count
@@ -68,21 +118,21 @@ async def cache_get_many_and_count(
     if not isinstance(backend, RedisCache):
         return None
     full_keys = {backend.make_and_validate_key(key): key for key in keys}
-    pipe = client().pipeline(transaction=False)
-    pipe.mget(list(full_keys))
+    commands: list[tuple] = [("MGET", *full_keys)] if full_keys else []
     if counter is not None:
         full_counter = backend.make_and_validate_key(counter[0])
-        pipe.set(full_counter, 0, ex=counter[1], nx=True)
-        pipe.incr(full_counter)
+        commands += [("SET", full_counter, 0, "EX", counter[1], "NX"), ("INCR", full_counter)]
+    if not commands:
+        return {}, None
     try:
-        replies = await pipe.execute()
-    except RedisError:
+        replies = await client().round_trip(commands)
+    except (RedisError, OSError):
         logger.warning("the cache could not be read from the loop; reading it from a thread", exc_info=True)
         return None
     loads = backend._cache._serializer.loads
-    values = zip(full_keys.values(), replies[0], strict=True)
+    values = zip(full_keys.values(), replies[0] if full_keys else (), strict=True)
     found = {key: loads(value) for key, value in values if value is not None}
-    return found, (int(replies[2]) if counter is not None else None)
+    return found, (int(replies[-1]) if counter is not None else None)
 
 
 # --- keys read along with the API key's lookup ----------------------------------------------------

@@ -76,3 +76,57 @@ def test_another_cache_backend_is_never_read_from_the_loop(settings):
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}}
 
     assert _on_a_loop(lambda: aredis.cache_get_many_and_count(["x"])) is None
+
+
+@needs_redis
+def test_sequential_reads_share_one_connection():
+    counter = f"aredis:{uuid.uuid4().hex}"
+
+    async def reads():
+        for _ in range(5):
+            await aredis.cache_get_many_and_count([], (counter, 60))
+        return len(aredis.client()._idle)
+
+    assert _on_a_loop(reads) == 1
+    assert cache.get(counter) == 5
+
+
+@needs_redis
+def test_a_round_trip_that_times_out_or_is_cancelled_leaves_no_reply_behind(monkeypatch):
+    """The connection of a round trip that did not read all its replies is closed: the next read
+    gets its own replies, never the late ones of the earlier call."""
+    counter, waiting = (f"aredis:{uuid.uuid4().hex}" for _ in range(2))
+    full_waiting = caches["default"].make_and_validate_key(waiting)
+
+    async def reads():
+        connections = aredis.client()
+        connections.timeout = 0.2
+        with pytest.raises(Exception) as timed_out:
+            await connections.round_trip([("BLPOP", full_waiting, 1)])
+        blocked = asyncio.ensure_future(connections.round_trip([("BLPOP", full_waiting, 1)]))
+        await asyncio.sleep(0.05)
+        blocked.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await blocked
+        cache.set(waiting, "late")  # a reply the closed connections would have read next
+        after = await aredis.cache_get_many_and_count([], (counter, 60))
+        return timed_out.value, after, len(connections._idle)
+
+    error, after, idle = _on_a_loop(reads)
+
+    assert "no reply from Redis within 0.2 s" in str(error)
+    assert after == ({}, 1)
+    assert idle == 1  # the new connection only
+
+
+@needs_redis
+def test_an_error_reply_answers_none_and_the_next_read_is_whole():
+    counter = f"aredis:{uuid.uuid4().hex}"
+    cache.set(counter, "not a number")
+
+    async def reads():
+        refused = await aredis.cache_get_many_and_count([], (counter, 60))
+        cache.delete(counter)
+        return refused, await aredis.cache_get_many_and_count([], (counter, 60))
+
+    assert _on_a_loop(reads) == (None, ({}, 1))
