@@ -192,6 +192,8 @@ class StreamingOpenAI(AsyncOpenAI):
             headers=headers,
             extensions={"trace": trace} if trace is not None else None,
         )  # the timeout is the client's own: the guarded client's, as the SDK's calls use it
+        if trace is not None:
+            trace.watch(request.extensions)
         try:
             response = await self._client.send(request, stream=True)
         except httpx.TimeoutException as exc:

@@ -9,7 +9,9 @@ request left a millisecond or two later than it could have, every one of those o
 first token (``bench/stream_fanout.py``). So the caller opens :func:`request_sent_signal` around
 the task it starts (tasks take a copy of the context they start in, so every task the run starts in
 turn sees the same signal), then awaits :func:`until_request_sent`: the choke point's streamed call
-sets the signal once httpcore reports the request's body sent (its ``trace`` extension). The wait
+sets the signal once httpcore reports the request's body sent (its ``trace`` extension, which then
+takes itself off the request: httpcore would otherwise call it for every event of the response,
+every read of a stream's body included). The wait
 also ends when the run itself ends or yields, and after ``REQUEST_SENT_WAIT_SECONDS`` in any case:
 a new TLS connection to a real provider takes far longer than the caller's work, which then goes
 first after all.
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -41,18 +43,37 @@ def request_sent_signal(sent: asyncio.Future | None = None) -> Iterator[asyncio.
         _signal.reset(token)
 
 
-def trace_for_sent() -> Callable[[str, dict], Awaitable[None]] | None:
+class SentTrace:
+    """The httpcore ``trace`` extension of one request: sets ``sent`` once the request's body has
+    gone, and from then on is no longer the request's trace (see :meth:`watch`)."""
+
+    __slots__ = ("sent", "extensions")
+
+    def __init__(self, sent: asyncio.Future) -> None:
+        self.sent = sent
+        self.extensions: dict | None = None
+
+    def watch(self, extensions: dict) -> None:
+        """The extensions of the request as httpcore reads them (``httpx.Request.extensions``, a
+        copy of those it was built with): this trace leaves them once the body has gone."""
+        self.extensions = extensions
+
+    async def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if not event.endswith(".send_request_body.complete"):
+            return
+        if not self.sent.done():
+            self.sent.set_result(None)
+        if self.extensions is not None and self.extensions.get("trace") is self:
+            del self.extensions["trace"]  # httpcore looks it up again for each later event
+
+
+def trace_for_sent() -> SentTrace | None:
     """The httpcore ``trace`` extension that sets this context's signal, or None when no caller
     waits (or the signal is set already: a retry, a second call of the run)."""
     sent = _signal.get()
     if sent is None or sent.done():
         return None
-
-    async def trace(event: str, info: dict[str, Any]) -> None:
-        if event.endswith(".send_request_body.complete") and not sent.done():
-            sent.set_result(None)
-
-    return trace
+    return SentTrace(sent)
 
 
 async def until_request_sent(

@@ -244,6 +244,36 @@ def test_a_waiting_caller_learns_when_the_request_has_left_before_any_answer(fak
     assert asyncio.run(go()) == (True, False)
 
 
+def test_the_sent_trace_leaves_the_request_once_its_body_has_gone(client, monkeypatch):
+    """httpcore calls a request's ``trace`` for every event of its response, every read of the
+    stream's body included: the signal's trace takes itself off after the body was sent."""
+    from agents.llm import sent as llm_sent
+
+    events: list[str] = []
+
+    class Recording(llm_sent.SentTrace):
+        async def __call__(self, event, info):
+            events.append(event)
+            await super().__call__(event, info)
+
+    monkeypatch.setattr(llm_sent, "SentTrace", Recording)
+
+    async def go():
+        params = {"model": "fake", "messages": [{"role": "user", "content": "several words to stream"}]}
+        try:
+            with llm_sent.request_sent_signal() as sent:
+                stream = await client.stream_chat_completion(params)
+            chunks = [chunk async for chunk in stream]
+            return sent.done(), len(chunks)
+        finally:
+            await client.close()
+
+    sent, chunks = asyncio.run(go())
+    assert sent and chunks > 4
+    assert events[-1] == "http11.send_request_body.complete"
+    assert not any("receive_response" in event for event in events)
+
+
 def test_waiting_for_a_request_nobody_sends_ends_at_the_timeout():
     from agents.llm.sent import request_sent_signal, until_request_sent
 
