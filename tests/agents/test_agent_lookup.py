@@ -220,6 +220,9 @@ def test_under_the_generation_its_request_read_a_run_takes_this_processs_copy_of
     third = asyncio.run(run_with({lookup_cache.GENERATION_KEY: generation()}))
     assert len(round_trips) == 1  # no round trip of their own
     assert second.pk == third.pk == agent.pk and second is not third and second.org is org  # copies
+    second.name = "Changed by a run"
+    fourth = asyncio.run(run_with({lookup_cache.GENERATION_KEY: generation()}))
+    assert fourth.name == agent.name and len(round_trips) == 1  # the kept row is not the runs' rows
     asyncio.run(run_with(None))  # no generation read with the key: the shared cache
     assert len(round_trips) == 2
 
