@@ -42,7 +42,8 @@ class LoopConnections:
 
     Connections are made by redis-py from the cache's URL (TLS, password, database and RESP
     handshake included) and kept while they work: one that fails, times out or is cancelled
-    mid-reply is closed, never reused, so an idle one holds no unread reply. A round trip that
+    mid-reply is closed, never reused, so an idle one holds no unread reply; a kept one that
+    Redis has closed meanwhile is replaced once, within the same round trip. A round trip that
     waits longer than the cache's ``socket_timeout`` for a free connection, or for Redis, fails with
     ``RedisError`` like any other Redis failure.
     """
@@ -61,21 +62,30 @@ class LoopConnections:
         try:
             async with asyncio.timeout(self.timeout):
                 async with self._slots:
-                    connection = self._idle.pop() if self._idle else self._factory.make_connection()
+                    reused = bool(self._idle)
                     try:
-                        if not connection.is_connected:
-                            await connection.connect()
-                        await connection.send_packed_command(
-                            connection.pack_commands(commands), check_health=False
-                        )
-                        replies = [await connection.read_response() for _ in commands]
-                    except BaseException:
-                        await connection.disconnect(nowait=True)
-                        raise
-                    self._idle.append(connection)
-                    return replies
+                        return await self._send_and_read(commands, reuse=True)
+                    except redis.exceptions.ConnectionError:
+                        if not reused:
+                            raise
+                        # Redis closed that idle connection (a restart, its idle timeout): once more
+                        # on a new one, as redis-py's own retry would.
+                        return await self._send_and_read(commands, reuse=False)
         except TimeoutError as exc:
             raise redis.exceptions.TimeoutError(f"no reply from Redis within {self.timeout} s") from exc
+
+    async def _send_and_read(self, commands: list[tuple], *, reuse: bool) -> list:
+        connection = self._idle.pop() if reuse and self._idle else self._factory.make_connection()
+        try:
+            if not connection.is_connected:
+                await connection.connect()
+            await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+            replies = [await connection.read_response() for _ in commands]
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+        self._idle.append(connection)
+        return replies
 
     async def aclose(self) -> None:
         """Close the idle connections (a test's loop, before it ends)."""

@@ -130,3 +130,16 @@ def test_an_error_reply_answers_none_and_the_next_read_is_whole():
         return refused, await aredis.cache_get_many_and_count([], (counter, 60))
 
     assert _on_a_loop(reads) == (None, ({}, 1))
+
+
+@needs_redis
+def test_a_kept_connection_that_redis_closed_is_replaced_within_the_read():
+    counter = f"aredis:{uuid.uuid4().hex}"
+
+    async def reads():
+        connections = aredis.client()
+        [client_id] = await connections.round_trip([("CLIENT", "ID")])
+        caches["default"]._cache.get_client(write=True).execute_command("CLIENT", "KILL", "ID", client_id)
+        return await aredis.cache_get_many_and_count([], (counter, 60)), len(connections._idle)
+
+    assert _on_a_loop(reads) == (({}, 1), 1)
