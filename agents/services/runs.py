@@ -46,9 +46,15 @@ def run_build(
         input=message[:MAX_INPUT_CHARS],
         model=(agent.model or "")[:200],
     )
-    # The id is a fresh uuid4: checking its uniqueness would be a query for nothing.
-    run.full_clean(exclude=["id", "org", "agent", "user", "provider"], validate_unique=False)
+    # Only what the caller gave is checked: the rest are the model's defaults (and a fresh id, whose
+    # uniqueness would be a query for nothing). Cleaning every field was half of this function's
+    # time, on the path to the run's model call.
+    run.full_clean(exclude=_NOT_FROM_THE_CALLER, validate_unique=False)
     return run
+
+
+_FROM_THE_CALLER = ("conversation_id", "trigger", "input", "model")
+_NOT_FROM_THE_CALLER = [f.name for f in AgentRun._meta.fields if f.name not in _FROM_THE_CALLER]
 
 
 def run_rows(run: AgentRun) -> tuple[AgentRun, AuditLog | None]:

@@ -418,3 +418,17 @@ def test_finishing_a_run_is_one_update(org, provider):
 
     assert [q["sql"].split()[0] for q in queries] == ["UPDATE"]
     assert AgentRun.objects.get(pk=run.pk).provider_id == provider.pk
+
+
+@pytest.mark.django_db
+def test_a_run_is_checked_for_what_its_caller_gave(org, provider):
+    from django.core.exceptions import ValidationError
+
+    from agents.services.runs import run_build
+
+    agent = make_agent(org, provider, "gpt-4o-mini")
+    with pytest.raises(ValidationError) as refused:
+        run_build(org=org, agent=agent, user=None, message="hi", conversation_id="not-a-uuid")
+    assert list(refused.value.message_dict) == ["conversation_id"]
+    run = run_build(org=org, agent=agent, user=None, message="x" * 10, trigger="t" * 40)
+    assert (run.trigger, run.input, run.status) == ("t" * 32, "x" * 10, AgentRun.Status.RUNNING)
