@@ -18,8 +18,9 @@ would do the same through ``__reduce_ex__`` at three times the cost; DRF's ``Fie
 (which records the constructor's arguments for ``deepcopy``) is not run again, and the clone keeps
 the recorded ones. ``serializer.fields`` (schemas, representations) still holds every field.
 
-Partial validation, HTML form input and serializers with ``Meta.validators`` or read-only fields
-with defaults go DRF's own way.
+Partial validation, HTML form input, a ``get_fields`` of a subclass's own and read-only fields
+with defaults go DRF's own way; ``Meta.validators``, ``validate_<field>`` and ``validate`` run as in
+DRF.
 """
 
 from __future__ import annotations
