@@ -23,6 +23,9 @@ from core.loop_writer import LoopRowWriter
 from core.row_inserts import RowGroup, insert_rows
 
 MAX_INPUT_CHARS = 100_000
+# The fields of a new run that its caller gives (``run_build`` checks those; the rest are defaults).
+_FROM_THE_CALLER = ("conversation_id", "trigger", "input", "model")
+_NOT_FROM_THE_CALLER = [f.name for f in AgentRun._meta.fields if f.name not in _FROM_THE_CALLER]
 
 
 def run_build(
@@ -51,10 +54,6 @@ def run_build(
     # time, on the path to the run's model call.
     run.full_clean(exclude=_NOT_FROM_THE_CALLER, validate_unique=False)
     return run
-
-
-_FROM_THE_CALLER = ("conversation_id", "trigger", "input", "model")
-_NOT_FROM_THE_CALLER = [f.name for f in AgentRun._meta.fields if f.name not in _FROM_THE_CALLER]
 
 
 def run_rows(run: AgentRun) -> tuple[AgentRun, AuditLog | None]:

@@ -60,22 +60,25 @@ class FastInputSerializer(serializers.Serializer):
     def get_fields(self):
         return {name: _clone(declared) for name, declared in self._declared_fields.items()}
 
-    def _fast(self) -> bool:
+    def _fast_plan(self) -> tuple[tuple[str, ...], frozenset[str]] | None:
+        """The class's plan (:func:`_plan`) when this body can be validated by it, else None."""
         data = getattr(self, "initial_data", None)
-        return (
-            not self.partial
-            and isinstance(data, Mapping)
-            and not html.is_html_input(data)
-            and type(self).get_fields is FastInputSerializer.get_fields
-            and _plan(type(self)) is not None
-        )
+        if (
+            self.partial
+            or not isinstance(data, Mapping)
+            or html.is_html_input(data)
+            or type(self).get_fields is not FastInputSerializer.get_fields
+        ):
+            return None
+        return _plan(type(self))
 
     @property
     def _writable_fields(self):
-        if not self._fast():
+        plan = self._fast_plan()
+        if plan is None:
             yield from super()._writable_fields
             return
-        writable, acting = _plan(type(self))
+        writable, acting = plan
         built = self.__dict__.get("fields")  # already made for someone else: use those
         for name in writable:
             if name in acting or name in self.initial_data:
