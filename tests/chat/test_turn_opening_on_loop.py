@@ -89,7 +89,15 @@ def test_rows_that_cannot_be_written_end_the_stream_with_an_error_and_call_the_r
     agent = make_agent(org, provider, model="slow")
     agent.org = org
 
+    key = f"Bearer {provider.api_key}"
+
     async def broken_write(item):
+        # Once the call has reached the upstream (on a loaded machine that may take longer than
+        # the rows wait): what is checked below is that calling the run off closes it.
+        for _ in range(500):
+            if fake_upstream.requests_for(key):
+                break
+            await asyncio.sleep(0.01)
         raise RuntimeError("the audit table is gone")
 
     monkeypatch.setattr(turns._loop_openings, "write", broken_write)
@@ -113,7 +121,6 @@ def test_rows_that_cannot_be_written_end_the_stream_with_an_error_and_call_the_r
     assert "could not be stored" in events[-1].data["message"]
     assert [e.event for e in events].count("error") == 1
     assert not turns._running
-    key = f"Bearer {provider.api_key}"
     deadline = time.monotonic() + 10
     while not fake_upstream.aborted_for(key) and time.monotonic() < deadline:
         time.sleep(0.02)  # the fake notices the closed stream on its next write
