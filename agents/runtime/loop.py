@@ -19,13 +19,16 @@ Hooks for the layers above:
 - ``register_history_loader(fn)``: the chat app registers ``fn(*, org, agent, user,
   conversation_id) -> list[message dict]`` so a run with a ``conversation_id`` continues the
   conversation; a caller may also pass ``history=`` directly.
-- ``on_event``: an async callback receiving ``{"type": "llm" | "tool_call" | "tool_result", …}`` as
-  the run progresses (the chat stream forwards them as ``chat.tool_call`` / ``chat.tool_result``;
-  ``tool_result`` carries the recorded ``step`` and the unclipped ``result``).
-- ``stream=True``: each LLM step goes through ``agents.llm.astream`` and every text chunk reaches
-  ``on_event`` as ``{"type": "delta", "text": …}`` as soon as the upstream sends it (the chat turn
-  and the OpenAI-compatible surface stream these). Cancelling the run's task closes the upstream
-  stream at once (``aclosing``) and records the run as cancelled.
+- ``agent_events`` is the run as an async generator of its events, ``{"type": "llm" | "tool_call"
+  | "tool_result", …}`` as the run progresses (``tool_result`` carries the recorded ``step`` and
+  the unclipped ``result``), and last ``{"type": "end", "run": …}``; the OpenAI-compatible surface
+  reads it in its response's own task. ``arun_agent``'s ``on_event`` is an async callback that
+  receives the same events (the chat stream forwards them as ``chat.tool_call`` /
+  ``chat.tool_result``).
+- ``stream=True``: each LLM step goes through ``agents.llm.astream`` and every text chunk is an
+  event ``{"type": "delta", "text": …}`` as soon as the upstream sends it (the chat turn and the
+  OpenAI-compatible surface stream these). Cancelling the reader's task (or closing the generator)
+  closes the upstream stream at once (``aclosing``) and records the run as cancelled.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 from uuid import UUID
@@ -151,8 +154,10 @@ class _Totals:
         self.provider_id: UUID | None = None
         self.provider_source = ""
         self.model = agent.model or ""
+        self.last: Any = None  # the last model call's result
 
     def add(self, result) -> None:
+        self.last = result
         self.prompt_tokens += int(result.prompt_tokens or 0)
         self.completion_tokens += int(result.completion_tokens or 0)
         self.provider_id = result.provider_id
@@ -216,7 +221,7 @@ async def _save_when_out(run: AgentRun, first_event: asyncio.Future | None) -> A
     return await arun_save(run)
 
 
-async def arun_agent(
+async def agent_events(
     *,
     agent: Agent,
     message: str,
@@ -224,18 +229,22 @@ async def arun_agent(
     conversation_id: UUID | None = None,
     trigger: str = "wake",
     history: list[dict[str, Any]] | None = None,
-    on_event: EventCallback | None = None,
     stream: bool = False,
     run: AgentRun | None = None,
     run_written: Awaitable[Any] | None = None,
-) -> AgentRun:
-    """Run the agent once on ``message``; returns the finished AgentRun (see the module doc).
+) -> AsyncIterator[dict[str, Any]]:
+    """Run the agent once on ``message``, yielding its events as they happen (each with the run's
+    ``run_id``), and last ``{"type": "end", "run": <the finished AgentRun>}``; see the module doc.
+
+    The run goes on in the reader's own task: a text chunk travels from the upstream's socket to
+    the reader in the same step of the loop, with no task or queue between them. Closing the
+    generator before its end (the client went away) closes the upstream call and records the run
+    as cancelled, as cancelling the reader's task does.
 
     A caller that writes the run's row itself, with rows of its own in one transaction (a chat
     turn that opens a conversation), passes the ``run`` it built (``run_build``) and
     ``run_written``, which completes once that row is committed (or raises if it was not)."""
     started = time.perf_counter()
-    streamed = stream and on_event is not None
     first_event = asyncio.get_running_loop().create_future()
     if run is not None:
         org = run.org
@@ -255,11 +264,12 @@ async def arun_agent(
         # The row is written while the first model call is on its way (``_save_when_out``):
         # nothing before the call needs it, and everything after (tools, the run's end) waits for
         # it (``saved``).
-        saving = asyncio.ensure_future(_save_when_out(run, first_event if streamed else None))
+        saving = asyncio.ensure_future(_save_when_out(run, first_event if stream else None))
     elif run_written is not None:
         saving = asyncio.ensure_future(run_written)
     else:
         raise ValueError("A run built by the caller needs run_written.")
+    run_id = str(run.pk)
 
     async def saved() -> None:
         if not first_event.done():  # nothing was streamed before this: the row may go now
@@ -286,11 +296,11 @@ async def arun_agent(
             **fields,
         )
 
-    async def emit(event: dict[str, Any]) -> None:
-        if on_event is not None:
-            await on_event({**event, "run_id": str(run.pk)})
-        if not first_event.done():
+    def event(fields: dict[str, Any]) -> dict[str, Any]:
+        if not first_event.done():  # the reader hands it out before this generator goes on
             first_event.set_result(None)
+        fields["run_id"] = run_id
+        return fields
 
     try:
         if _prepare_in_memory(agent, conversation_id, history):
@@ -305,29 +315,30 @@ async def arun_agent(
         base_ctx = ToolContext(org=org, agent=agent, user=user, run_id=run.pk)
         rounds = 0
         while True:
-            result = await _llm_step(
-                agent, user, messages, schemas, steps, totals, on_delta=emit if stream else None
-            )
-            await emit({"type": "llm", "step": steps[-1]})
+            async with aclosing(_llm_step(agent, user, messages, schemas, steps, totals, stream)) as texts:
+                async for text in texts:
+                    yield event({"type": "delta", "text": text})
+            result = totals.last
+            yield event({"type": "llm", "step": steps[-1]})
             await saved()
             if not result.tool_calls:
-                return await finish(
-                    AgentRun.Status.SUCCEEDED,
-                    finish_reason=FINISH_STOP,
-                    output=result.content or "",
+                finished = await finish(
+                    AgentRun.Status.SUCCEEDED, finish_reason=FINISH_STOP, output=result.content or ""
                 )
+                break
             if rounds >= agent.max_tool_iterations:
                 output = result.content or (
                     f"Stopped after {rounds} rounds of tool calls (the agent's max_tool_iterations) "
                     "without a final answer."
                 )
-                return await finish(
+                finished = await finish(
                     AgentRun.Status.SUCCEEDED, finish_reason=FINISH_MAX_TOOL_ITERATIONS, output=output
                 )
+                break
             rounds += 1
             messages.append(_assistant_message(result))
             for call in result.tool_calls:
-                await emit({"type": "tool_call", "call": call})
+                yield event({"type": "tool_call", "call": call})
             tool_steps = await asyncio.gather(
                 *(_run_tool_call(call, by_name, configs, base_ctx) for call in result.tool_calls)
             )
@@ -338,11 +349,11 @@ async def arun_agent(
                 step["round"] = rounds
                 steps.append(step)
                 totals.tool_calls += 1
-                await emit({"type": "tool_result", "step": step, "result": full_result})
+                yield event({"type": "tool_result", "step": step, "result": full_result})
     except ApplicationError as exc:
         await finish(AgentRun.Status.FAILED, error={"code": exc.code, "message": exc.message})
         raise
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, GeneratorExit):  # the reader's task cancelled, or it closed this
         await asyncio.shield(finish(AgentRun.Status.CANCELLED, finish_reason="cancelled"))
         raise
     except Exception as exc:
@@ -351,13 +362,31 @@ async def arun_agent(
             error={"code": "ERR_INTERNAL", "message": f"The run failed: {type(exc).__name__}."},
         )
         raise
+    yield {"type": "end", "run": finished}
+
+
+async def arun_agent(*, on_event: EventCallback | None = None, **kwargs: Any) -> AgentRun:
+    """Run the agent once (the arguments of :func:`agent_events`); returns the finished AgentRun.
+    ``on_event`` receives every event but the end as it happens; the run waits for it."""
+    async with aclosing(agent_events(**kwargs)) as events:
+        async for event in events:
+            if event["type"] == "end":
+                return event["run"]
+            if on_event is not None:
+                try:
+                    await on_event(event)
+                except BaseException as exc:
+                    # As if raised where the event was made: the run records it and re-raises.
+                    await events.athrow(exc)
+                    raise
+    raise RuntimeError("the run ended without its end event")  # pragma: no cover
 
 
 async def _llm_step(
-    agent: Agent, user, messages, schemas, steps, totals, on_delta: EventCallback | None = None
-):
-    """One call of the choke point, recorded as a step; streamed upstream when ``on_delta`` is
-    given, which then receives every text chunk as ``{"type": "delta", "text": …}``."""
+    agent: Agent, user, messages, schemas, steps, totals: _Totals, stream: bool
+) -> AsyncIterator[str]:
+    """One call of the choke point, recorded as a step and as ``totals.last``; streamed upstream
+    when ``stream``, yielding every text chunk as the upstream sends it."""
     from agents.llm import achat, astream
 
     started = time.perf_counter()
@@ -372,7 +401,7 @@ async def _llm_step(
         "max_tokens": agent.max_tokens,
         "purpose": "agent_run",
     }
-    if on_delta is None:
+    if not stream:
         result = await achat(**request)
     else:
         result = None
@@ -380,7 +409,7 @@ async def _llm_step(
         async with aclosing(astream(**request)) as chunks:
             async for chunk in chunks:
                 if chunk.type == "delta" and chunk.text:
-                    await on_delta({"type": "delta", "text": chunk.text})
+                    yield chunk.text
                 elif chunk.type == "done":
                     result = chunk.result
         if result is None:  # pragma: no cover - astream ends with done or raises
@@ -400,7 +429,6 @@ async def _llm_step(
             "tool_calls": len(result.tool_calls or []),
         }
     )
-    return result
 
 
 def _assistant_message(result) -> dict[str, Any]:

@@ -176,45 +176,23 @@ def agent_turn(messages: list[dict]) -> tuple[list[dict], str]:
 
 
 async def _agent_events(target: Target, messages: list[dict], *, stream: bool) -> AsyncIterator[Event]:
-    from agents.runtime.loop import arun_agent
+    from agents.runtime.loop import agent_events
 
     history, message = agent_turn(messages)
-    if not stream:
-        run = await arun_agent(
-            agent=target.agent, message=message, history=history, user=target.user, trigger="openai"
-        )
-        yield "done", _agent_outcome(run)
-        return
-    queue: asyncio.Queue[Event] = asyncio.Queue()
-
-    async def on_event(event: dict) -> None:
-        if event.get("type") == "delta" and event.get("text"):
-            queue.put_nowait(("delta", event["text"]))
-
-    run_task = asyncio.ensure_future(
-        arun_agent(
-            agent=target.agent,
-            message=message,
-            history=history,
-            user=target.user,
-            trigger="openai",
-            stream=True,
-            on_event=on_event,
-        )
+    events = agent_events(
+        agent=target.agent,
+        message=message,
+        history=history,
+        user=target.user,
+        trigger="openai",
+        stream=stream,
     )
-    run_task.add_done_callback(lambda _task: queue.put_nowait(("end", None)))
-    try:
-        while True:
-            kind, value = await queue.get()
-            if kind == "end":
-                break
-            yield kind, value
-        yield "done", _agent_outcome(run_task.result())
-    finally:
-        if not run_task.done():
-            run_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await run_task
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if event["type"] == "delta" and event["text"]:
+                yield "delta", event["text"]
+            elif event["type"] == "end":
+                yield "done", _agent_outcome(event["run"])
 
 
 def _agent_outcome(run) -> Outcome:

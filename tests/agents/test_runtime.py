@@ -263,6 +263,69 @@ def test_a_cancelled_run_is_recorded_as_cancelled(org, member, provider):
     assert run.finished_at is not None
 
 
+def test_the_events_of_a_run_end_with_the_finished_run(org, member, provider):
+    from asgiref.sync import async_to_sync
+
+    from agents.runtime.loop import agent_events
+
+    agent = make_agent(org, provider, "fake-model-1")
+
+    async def scenario():
+        return [event async for event in agent_events(agent=agent, message="a b", user=member, stream=True)]
+
+    events = async_to_sync(scenario)()
+    *deltas, llm, end = events
+    assert "".join(event["text"] for event in deltas) == "echo: a b"
+    assert {event["type"] for event in deltas} == {"delta"} and llm["type"] == "llm"
+    assert end["type"] == "end" and end["run"].status == AgentRun.Status.SUCCEEDED
+    assert end["run"].output == "echo: a b"
+    assert all(event["run_id"] == str(end["run"].pk) for event in [*deltas, llm])
+    assert AgentRun.objects.get(pk=end["run"].pk).output == "echo: a b"
+
+
+def test_closing_a_streamed_runs_events_early_closes_its_call_and_cancels_it(
+    org, member, provider, fake_upstream
+):
+    """A reader that stops (its client went away) closes the generator at the delta it holds: the
+    upstream call is closed at once and the run is recorded as cancelled, not left running."""
+    from asgiref.sync import async_to_sync
+
+    from agents.runtime.loop import agent_events
+
+    agent = make_agent(org, provider, "hang-midway")  # two deltas, then nothing for 30 s
+
+    async def scenario():
+        events = agent_events(agent=agent, message="one two three", user=member, stream=True)
+        texts = []
+        async for event in events:
+            texts.append(event["text"])
+            if len(texts) == 2:
+                break
+        await events.aclose()
+        return texts
+
+    texts = async_to_sync(scenario)()
+    assert "".join(texts) == "echo: one"
+    run = AgentRun.objects.get(agent=agent)
+    assert run.status == AgentRun.Status.CANCELLED and run.finish_reason == "cancelled"
+    deadline = time.monotonic() + 5
+    while fake_upstream.aborted_for(f"Bearer {provider.api_key}") != 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert fake_upstream.aborted_for(f"Bearer {provider.api_key}") == 1
+
+
+def test_an_event_callback_that_fails_fails_the_run_with_its_error(org, member, provider):
+    async def on_event(event):
+        raise RuntimeError("the reader broke")
+
+    agent = make_agent(org, provider, "fake-model-1")
+    with pytest.raises(RuntimeError, match="the reader broke"):
+        run_agent(agent=agent, message="hi", user=member, stream=True, on_event=on_event)
+    run = AgentRun.objects.get(agent=agent)
+    assert run.status == AgentRun.Status.FAILED
+    assert run.error == {"code": "ERR_INTERNAL", "message": "The run failed: RuntimeError."}
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_streamed_runs_row_is_written_once_its_request_left_and_its_first_delta_is_out(
     fake_upstream, allow_loopback, monkeypatch
