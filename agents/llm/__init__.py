@@ -5,7 +5,8 @@ for embeddings, ``atranscribe`` / ``aspeech`` (sync: ``transcribe`` / ``speech``
 ``resolve_providers`` for the BYOK order, ``alist_models`` / ``averify`` for provider checks (with
 ``provider_resolved(row)`` / ``personal_resolved(config)`` to turn a stored row into their input),
 ``request_sent_signal`` / ``until_request_sent`` for a caller that starts a streamed call in a task
-and waits for its request to leave (``after_request_sent`` for the run's own work; ``agents.llm.sent``),
+and waits for its request to leave (``after_request_sent`` for the run's own work, ``after_first_event``
+for work held back until its first event is out; ``agents.llm.sent``),
 and the errors. The SDK client factory
 (``agents.llm.client``) is an implementation detail.
 """
@@ -27,7 +28,7 @@ from agents.llm.errors import NoProviderError, ProviderAuthError, ProviderBadReq
 from agents.llm.media import SPEECH_FORMATS, MediaResult, aspeech, atranscribe, speech, transcribe
 from agents.llm.resolve import clear_cache as clear_resolution_cache
 from agents.llm.resolve import personal_resolved, provider_resolved, resolve_providers
-from agents.llm.sent import after_request_sent, request_sent_signal, until_request_sent
+from agents.llm.sent import after_first_event, after_request_sent, request_sent_signal, until_request_sent
 
 __all__ = [
     "LLMChunk",
@@ -42,6 +43,7 @@ __all__ = [
     "achat",
     "aclose_clients",
     "aembed",
+    "after_first_event",
     "after_request_sent",
     "alist_models",
     "aspeech",

@@ -62,10 +62,6 @@ FINISH_MAX_TOOL_ITERATIONS = "max_tool_iterations"
 # What a tool result may weigh in the conversation and in the recorded steps.
 MAX_TOOL_CONTENT_CHARS = 100_000
 MAX_STEP_VALUE_CHARS = 4_000
-SAVE_HOLD_SECONDS = 0.01  # a streamed run's row waits this long at most for its first event
-# Then a little longer, once that event is out: in a burst of runs (20 streams at once) the others'
-# first events go out before the loop builds their rows' statement (``bench/stream_fanout.py``).
-SAVE_AFTER_FIRST_SECONDS = 0.02
 
 HistoryLoader = Callable[..., list[dict[str, Any]]]
 EventCallback = Callable[[dict[str, Any]], Awaitable[None]]
@@ -207,17 +203,15 @@ async def _run_tool_call(
 
 async def _save_when_out(run: AgentRun, first_event: asyncio.Future | None) -> AgentRun:
     """Save a run's row once its first model call's request has left (when the caller waits for
-    that: ``agents.llm.sent``) and, for a streamed run, once its first event is out (at most
-    ``SAVE_HOLD_SECONDS`` later, and ``SAVE_AFTER_FIRST_SECONDS`` after it): compiling and
-    sending the statement takes the loop for about a millisecond, which neither the call's answer
-    and first token nor those of the runs that started at the same time should wait for."""
-    from agents.llm import after_request_sent
+    that: ``agents.llm.sent``) and, for a streamed run, once its first event is out
+    (``after_first_event``): compiling and sending the statement takes the loop for about a
+    millisecond, which neither the call's answer and first token nor those of the runs that
+    started at the same time should wait for."""
+    from agents.llm import after_first_event, after_request_sent
 
     await after_request_sent()
     if first_event is not None:
-        await asyncio.wait((first_event,), timeout=SAVE_HOLD_SECONDS)
-        # Whoever that event woke hands it out first, and so do the runs started with this one.
-        await asyncio.sleep(SAVE_AFTER_FIRST_SECONDS if first_event.done() else 0)
+        await after_first_event(first_event)
     return await arun_save(run)
 
 

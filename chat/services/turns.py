@@ -60,7 +60,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import Membership
-from agents.llm import request_sent_signal, until_request_sent
+from agents.llm import after_first_event, request_sent_signal, until_request_sent
 from agents.models import Agent
 from agents.registries import estimate_cost_micros
 from agents.selectors.agents import AgentViewer, aagent_for_run, agent_for_run
@@ -85,11 +85,6 @@ logger = logging.getLogger(__name__)
 TERMINAL_EVENTS = frozenset({"message.end", "error"})
 ON_DISCONNECT = ("continue", "cancel")
 FLUSH_SECONDS = 0.075
-OPENING_HOLD_SECONDS = 0.01
-# Then a little longer: at a burst of openings (20 at once) the turns' first events go out before
-# the loop builds their statement (``bench/stream_fanout.py``: chat's first delta then follows the
-# upstream's as soon as /v1 raw's does).
-OPENING_AFTER_FIRST_SECONDS = 0.02
 PROGRESS_SECONDS = 1.0
 FINAL_WRITE_TIMEOUT = 30.0
 CANCEL_POLL_SECONDS = 0.25
@@ -520,15 +515,12 @@ async def astart_turn(
 async def _store_opening(turn: _Turn, writes: dict[str, Any]) -> None:
     """Write the rows of a turn that opened a conversation on the server's loop, together with
     those of concurrent openings (``core.loop_writer``), once the run's first event is out
-    (at most ``OPENING_HOLD_SECONDS`` after its request left) and ``OPENING_AFTER_FIRST_SECONDS``
-    more: building and compiling the statement takes the loop for a millisecond or two per turn,
-    which no turn's first token should wait for.
+    (``agents.llm.after_first_event``): building and compiling the statement takes the loop for a
+    millisecond or two per turn, which no turn's first token should wait for (at a burst of
+    openings, chat's first delta then follows the upstream's as soon as /v1 raw's does).
     Then the hub writes the turn's log; if they fail, the turn is abandoned."""
     try:
-        await asyncio.wait(
-            (turn.first_event, turn.task), timeout=OPENING_HOLD_SECONDS, return_when=asyncio.FIRST_COMPLETED
-        )
-        await asyncio.sleep(OPENING_AFTER_FIRST_SECONDS)  # the first events of a burst go first
+        await after_first_event(turn.first_event, turn.task)
         await _loop_openings.write(_opening_rows(writes))
     except BaseException as exc:
         _opened(turn, exc)
@@ -973,9 +965,33 @@ class _Hub:
                             turn.request_cancel("cancelled")
 
 
+class _LoopFuture:
+    """A future on the loop that first asks for it, kept in the instance's ``_<name>``: a turn is
+    made where no loop may be running (a sync view's thread) and waited on on the server's."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attr = f"_{name}"
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        future = getattr(instance, self.attr)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            setattr(instance, self.attr, future)
+        return future
+
+
 class _Turn:
     """One running turn in this process: turns the runtime's events into turn events, keeps the
     message's state; its hub writes the log."""
+
+    written = _LoopFuture()  # done once the hub has written the turn's outcome
+    stored = _LoopFuture()  # done once the turn's rows (and its run's, ``run_row``) are committed
+    request_sent = _LoopFuture()  # done once the run's first model call has sent its request
+    # Done once the run's first event (a delta, the end of a model step) was handled, or the turn
+    # ends without one.
+    first_event = _LoopFuture()
 
     def __init__(
         self,
@@ -1024,12 +1040,6 @@ class _Turn:
         # Every event so far, for followers on the same loop (no database, no channel layer).
         self.events: list[TurnEvent] = [TurnEvent(seq=1, event="message.start", data=_start_event(started))]
         self.signal = asyncio.Event()
-
-    @property
-    def written(self) -> asyncio.Future:
-        if self._written is None:
-            self._written = asyncio.get_running_loop().create_future()
-        return self._written
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -1115,28 +1125,6 @@ class _Turn:
         if self.abandoned:
             return  # its followers were given the turn's ``error`` already
         self._announce(TurnEvent(seq=self.seq, event=event, data=data))
-
-    @property
-    def request_sent(self) -> asyncio.Future:
-        """Done once the run's first model call has sent its request (``agents.llm.sent``)."""
-        if self._request_sent is None:
-            self._request_sent = asyncio.get_running_loop().create_future()
-        return self._request_sent
-
-    @property
-    def first_event(self) -> asyncio.Future:
-        """Done once the run's first event (a delta, the end of a model step) was handled, or the
-        turn ends without one."""
-        if self._first_event is None:
-            self._first_event = asyncio.get_running_loop().create_future()
-        return self._first_event
-
-    @property
-    def stored(self) -> asyncio.Future:
-        """Done once the turn's rows (and its run's, ``run_row``) are committed; on its loop."""
-        if self._stored is None:
-            self._stored = asyncio.get_running_loop().create_future()
-        return self._stored
 
     def mark_stored(self) -> None:
         """Its messages are committed: the hub may write its log (on the turn's loop)."""

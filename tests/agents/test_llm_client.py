@@ -288,3 +288,34 @@ def test_waiting_for_a_request_nobody_sends_ends_at_the_timeout():
 
     done, waited = asyncio.run(go())
     assert not done and 0.04 <= waited < 2
+
+
+def test_work_after_the_first_event_waits_a_little_more_only_once_that_event_is_out(monkeypatch):
+    """``after_first_event``: an event that comes is followed by ``AFTER_FIRST_EVENT_SECONDS``; a run
+    that ends first, or an event that does not come within ``FIRST_EVENT_HOLD_SECONDS``, are not."""
+    from agents.llm import sent as llm_sent
+
+    monkeypatch.setattr(llm_sent, "AFTER_FIRST_EVENT_SECONDS", 30.0)  # long enough to tell apart
+
+    async def returns_soon(first_event, run=None) -> bool:
+        try:
+            await asyncio.wait_for(llm_sent.after_first_event(first_event, run), 1.0)
+        except TimeoutError:
+            return False
+        return True
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        came = loop.create_future()
+        loop.call_later(0.01, came.set_result, None)
+        monkeypatch.setattr(llm_sent, "FIRST_EVENT_HOLD_SECONDS", 30.0)
+        after_event = await returns_soon(came)  # it came: then the 30 s more
+
+        ended = asyncio.ensure_future(asyncio.sleep(0.01))
+        after_run = await returns_soon(loop.create_future(), ended)  # the run ended without one
+
+        monkeypatch.setattr(llm_sent, "FIRST_EVENT_HOLD_SECONDS", 0.01)
+        after_hold = await returns_soon(loop.create_future())  # none within the hold
+        return after_event, after_run, after_hold
+
+    assert asyncio.run(go()) == (False, True, True)

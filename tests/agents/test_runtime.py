@@ -334,6 +334,7 @@ def test_a_streamed_runs_row_is_written_once_its_request_left_and_its_first_delt
     under ``request_sent_signal`` (as the /v1 views call it) writes it after its request has left
     and its first delta was handed to ``on_event``, not in between."""
     from agents.llm import request_sent_signal
+    from agents.llm import sent as llm_sent
     from agents.runtime import loop
     from agents.services import runs
     from tests.factories import OrganizationFactory
@@ -343,7 +344,7 @@ def test_a_streamed_runs_row_is_written_once_its_request_left_and_its_first_delt
         org=org, name="fake", provider_type="openai_compat", api_base=fake_upstream.base_url, api_key="sk-x"
     )
     agent = make_agent(org, provider, "slow")
-    monkeypatch.setattr(loop, "SAVE_HOLD_SECONDS", 30.0)  # the first delta, however late
+    monkeypatch.setattr(llm_sent, "FIRST_EVENT_HOLD_SECONDS", 30.0)  # the first delta, however late
     writer = runs._loop_run_saves
     real_write = writer.write
     deltas: list[str] = []

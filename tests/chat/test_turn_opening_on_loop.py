@@ -16,6 +16,7 @@ import uuid
 
 import pytest
 
+from agents.llm import sent as llm_sent
 from agents.models import AgentRun
 from chat.models import Conversation, Message, MessageEvent
 from chat.selectors import messages as message_selectors
@@ -43,8 +44,8 @@ def test_the_first_delta_goes_out_before_the_rows_are_written_and_the_rows_follo
 ):
     agent = make_agent(org, make_provider(org, fake_upstream), model="slow")
     agent.org = org
-    monkeypatch.setattr(turns, "OPENING_HOLD_SECONDS", 30.0)  # the first event, however late
-    monkeypatch.setattr(turns, "OPENING_AFTER_FIRST_SECONDS", 0)  # and right after it
+    monkeypatch.setattr(llm_sent, "FIRST_EVENT_HOLD_SECONDS", 30.0)  # the first event, however late
+    monkeypatch.setattr(llm_sent, "AFTER_FIRST_EVENT_SECONDS", 0)  # and right after it
     running: list[turns._Turn] = []
     seen_when_written: list[list[str]] = []
     original = turns.turn_opening_groups
