@@ -11,10 +11,12 @@ usage events), so a raw call spends exactly what the same call of an agent would
 
 Both endpoints consume one stream of events, ``("delta", text)``, ``("tool_call", {id, name,
 arguments})`` (raw calls) and finally ``("done", Outcome)``; an :class:`ApplicationError` is raised
-for a failure. A streamed run is produced by its own task, started in a context that names the
+for a failure. A streamed run is read by the response itself (:func:`stream_events_here`, for async
+views; an agent's run is the runtime's own generator, ``agents.runtime.loop.agent_events``) or
+produced by a task of its own (:func:`stream_events`, for sync views), in a context that names the
 ``openai`` channel and the request, so that the choke point's usage event says where the call came
 from even though the response body is sent after the request's middleware has returned. Closing the
-stream (the client went away) cancels that task, which closes the upstream call at once.
+stream (the client went away) ends the run, which closes the upstream call at once.
 """
 
 from __future__ import annotations
