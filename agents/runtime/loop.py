@@ -89,10 +89,13 @@ def build_messages(
 
 
 def _render_system_prompt(agent: Agent, user) -> str:
+    prompt = agent.system_prompt or ""
+    if "{{" not in prompt:  # no variable to fill in (most prompts): no context to build per run
+        return prompt
     try:
         from agents.selectors.agents import agent_system_prompt_render
     except ImportError:  # pragma: no cover - the preview selector is part of the agents CRUD
-        return agent.system_prompt or ""
+        return prompt
     rendered, _context, _unknown = agent_system_prompt_render(agent=agent, user=user)
     return rendered
 
