@@ -249,6 +249,8 @@ async def agent_events(
         org = agent.org
     else:
         org = await run_db(lambda: agent.org)  # load the FK off the event loop, once
+    if not Agent.org.is_cached(agent):  # a run built by the caller: the loop reads it from here on
+        agent.org = org
     if run is None:
         run = run_build(
             org=org,

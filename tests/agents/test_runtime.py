@@ -314,6 +314,27 @@ def test_closing_a_streamed_runs_events_early_closes_its_call_and_cancels_it(
     assert fake_upstream.aborted_for(f"Bearer {provider.api_key}") == 1
 
 
+def test_a_run_built_by_its_caller_does_not_need_the_agents_org_loaded(org, member, provider):
+    """A chat turn that opens a conversation builds the run's row itself (with the org) and may
+    pass an agent whose org is not loaded: the run must not read it from the loop."""
+    from asgiref.sync import async_to_sync
+
+    from agents.runtime.loop import arun_agent
+    from agents.services.runs import arun_save, run_build
+
+    agent = Agent.objects.get(pk=make_agent(org, provider, "fake-model-1").pk)
+    assert not Agent.org.is_cached(agent)
+    run = run_build(org=org, agent=agent, user=member, message="hi", trigger="chat")
+
+    async def scenario():
+        return await arun_agent(
+            agent=agent, message="hi", user=member, stream=True, run=run, run_written=arun_save(run)
+        )
+
+    finished = async_to_sync(scenario)()
+    assert finished.status == AgentRun.Status.SUCCEEDED and finished.output == "echo: hi"
+
+
 def test_an_event_callback_that_fails_fails_the_run_with_its_error(org, member, provider):
     async def on_event(event):
         raise RuntimeError("the reader broke")
