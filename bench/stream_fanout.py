@@ -326,7 +326,7 @@ def main() -> int:
     parser.add_argument("--levels", default="1,20,200,500", help="concurrent streams per batch")
     parser.add_argument("--quick", action="store_true", help="levels 1,20,200, fewer samples")
     parser.add_argument("--samples", type=int, default=30, help="sequential streams per side at N=1")
-    parser.add_argument("--batches", type=int, default=3, help="batches per side at 1 < N < 500")
+    parser.add_argument("--batches", type=int, default=6, help="batches per side at 1 < N < 500")
     parser.add_argument(
         "--settle",
         type=float,
