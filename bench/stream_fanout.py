@@ -81,6 +81,21 @@ User.objects.filter(pk="{user}").delete()
 """
 
 
+def stream_server_env(workdir: Path, database_url: str, redis_url: str, upstream: str) -> dict[str, str]:
+    """The server's environment for the stream benches: production settings, rate limits out of
+    the way, loopback upstreams allowed and the bare relay mounted on ``upstream``."""
+    return server_env(
+        workdir,
+        database_url,
+        redis_url,
+        RATE_LIMIT_KEY="100000000/minute",
+        RATE_LIMIT_USER="100000000/minute",
+        RATE_LIMIT_ANON="100000000/minute",
+        OUTBOUND_ALLOWED_HOSTS="127.0.0.1",
+        BENCH_RELAY_UPSTREAM=upstream,
+    )
+
+
 @dataclass
 class Batch:
     """One side at one level: per-stream figures of every batch run."""
@@ -363,16 +378,7 @@ def main() -> int:
         TRACE.path = workdir / "trace.log"
         os.environ["FAKE_TRACE_LOG"] = str(TRACE.path)
     fake, upstream = start_fake(workdir)
-    env = server_env(
-        workdir,
-        database_url,
-        args.redis_url,
-        RATE_LIMIT_KEY="100000000/minute",
-        RATE_LIMIT_USER="100000000/minute",
-        RATE_LIMIT_ANON="100000000/minute",
-        OUTBOUND_ALLOWED_HOSTS="127.0.0.1",
-        BENCH_RELAY_UPSTREAM=upstream,
-    )
+    env = stream_server_env(workdir, database_url, args.redis_url, upstream)
     process = None
     ids: tuple[str, str] | None = None
     try:

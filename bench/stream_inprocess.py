@@ -59,19 +59,10 @@ def set_up(args: argparse.Namespace, root: Path, workdir: Path):
     sys.path[:0] = [str(root), str(root / "bench")]
     os.chdir(root)
     import stream_fanout
-    from harness import manage, server_env, start_fake, stop
+    from harness import manage, start_fake, stop
 
     fake, upstream = start_fake(workdir)
-    env = server_env(
-        workdir,
-        args.database_url,
-        args.redis_url,
-        RATE_LIMIT_KEY="100000000/minute",
-        RATE_LIMIT_USER="100000000/minute",
-        RATE_LIMIT_ANON="100000000/minute",
-        OUTBOUND_ALLOWED_HOSTS="127.0.0.1",
-        BENCH_RELAY_UPSTREAM=upstream,
-    )
+    env = stream_fanout.stream_server_env(workdir, args.database_url, args.redis_url, upstream)
     try:
         output = manage(env, "shell", "-c", stream_fanout.SETUP_SCRIPT.replace("{upstream}", upstream))
     except SystemExit:  # manage.py failed (and said why)
