@@ -81,16 +81,21 @@ def trace_for_sent() -> SentTrace | None:
     return SentTrace(sent)
 
 
+async def _until_done(future: asyncio.Future, run: asyncio.Future | None, timeout: float) -> None:
+    """Return once ``future`` or ``run`` (if given) is done, or ``timeout`` has passed; reads
+    neither's result."""
+    waited = (future,) if run is None else (future, run)
+    if not any(each.done() for each in waited):
+        await asyncio.wait(waited, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+
+
 async def until_request_sent(
     sent: asyncio.Future, run: asyncio.Future | None, *, timeout: float | None = None
 ) -> None:
     """Return once the request is sent, ``run`` (the task that makes the call, if given) is done,
     or ``timeout`` (default ``REQUEST_SENT_WAIT_SECONDS``) has passed. Reads neither's result:
     their owners do."""
-    waited = (sent,) if run is None else (sent, run)
-    if not any(future.done() for future in waited):
-        wait = REQUEST_SENT_WAIT_SECONDS if timeout is None else timeout
-        await asyncio.wait(waited, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+    await _until_done(sent, run, REQUEST_SENT_WAIT_SECONDS if timeout is None else timeout)
 
 
 async def after_request_sent(*, timeout: float | None = None) -> None:
@@ -109,8 +114,6 @@ async def after_first_event(first_event: asyncio.Future, run: asyncio.Future | N
     passed; at once (with no such wait) when ``run`` (its task) ends first or the event is not out
     within ``FIRST_EVENT_HOLD_SECONDS``. For work that does not need to come before the first
     tokens and takes the loop for a while: writing the run's row, a chat turn's rows."""
-    waited = (first_event,) if run is None else (first_event, run)
-    if not any(future.done() for future in waited):
-        await asyncio.wait(waited, timeout=FIRST_EVENT_HOLD_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+    await _until_done(first_event, run, FIRST_EVENT_HOLD_SECONDS)
     if first_event.done():
         await asyncio.sleep(AFTER_FIRST_EVENT_SECONDS)
