@@ -11,7 +11,6 @@ Sleeps of the retry loop are recorded, not slept.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
@@ -42,6 +41,7 @@ from agents.tasks import verify_ai_keys
 from core.errors import ApplicationError
 from core.metrics import LLM_TOKENS
 from core.outbound import OutboundBlocked
+from tests.polling import await_for, wait_for
 
 HELLO = [{"role": "user", "content": "hello there"}]
 TOOLS = [
@@ -136,28 +136,6 @@ def stream_all(**kwargs):
         return chunks, error
 
     return run(go)
-
-
-def wait_for(predicate, seconds=5.0):
-    """Poll until the fake has seen something (its threads run beside the test)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
-
-
-async def await_for(predicate, seconds=5.0):
-    """wait_for from inside the event loop."""
-    import asyncio
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.01)
-    return predicate()
 
 
 # --- the happy paths ----------------------------------------------------------------------------

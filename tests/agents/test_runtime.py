@@ -7,7 +7,6 @@ at once per step), then answers "done after <results> tools".
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 
 import pytest
@@ -16,6 +15,7 @@ from agents.models import Agent, AgentRun, Provider
 from agents.runtime.loop import FINISH_MAX_TOOL_ITERATIONS, FINISH_STOP, register_history_loader, run_agent
 from agents.tools.registry import Tool, ToolError, register_tool, unregister_tool
 from core.errors import ApplicationError
+from tests.polling import await_for, wait_for
 
 STEP_SCHEMA = {
     "type": "object",
@@ -308,10 +308,7 @@ def test_closing_a_streamed_runs_events_early_closes_its_call_and_cancels_it(
     assert "".join(texts) == "echo: one"
     run = AgentRun.objects.get(agent=agent)
     assert run.status == AgentRun.Status.CANCELLED and run.finish_reason == "cancelled"
-    deadline = time.monotonic() + 5
-    while fake_upstream.aborted_for(f"Bearer {provider.api_key}") != 1 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert fake_upstream.aborted_for(f"Bearer {provider.api_key}") == 1
+    assert wait_for(lambda: fake_upstream.aborted_for(f"Bearer {provider.api_key}") == 1, timeout=5)
 
 
 def test_a_run_built_by_its_caller_does_not_need_the_agents_org_loaded(org, member, provider):
@@ -414,9 +411,7 @@ def test_the_model_call_does_not_wait_for_the_run_row(fake_upstream, allow_loopb
     seen: dict = {"requests": fake_upstream.stats["requests"]}
 
     async def write_after_the_call(item):
-        deadline = time.monotonic() + 5
-        while fake_upstream.stats["requests"] == seen["requests"] and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
+        await await_for(lambda: fake_upstream.stats["requests"] != seen["requests"], timeout=5)
         seen["call_was_out"] = fake_upstream.stats["requests"] > seen["requests"]
         await real_write(item)
 

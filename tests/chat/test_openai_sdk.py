@@ -5,7 +5,6 @@ upstream behind it: what a client of OpenAI's API sees when it points ``base_url
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import openai
@@ -14,6 +13,7 @@ import pytest
 from accounts.services.keys import api_key_create
 from agents.models import AgentRun
 from tests.chat.conftest import make_agent, make_provider
+from tests.polling import wait_for
 from tests.support.asgi_server import run_asgi_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -57,15 +57,6 @@ def raw_key(org, member):
 def client(server, raw_key):
     with openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=raw_key, max_retries=0, timeout=30) as sdk:
         yield sdk
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)  # polling another process's counters, not asserting timing
-    return predicate()
 
 
 def test_a_completion_with_usage(client, agent):

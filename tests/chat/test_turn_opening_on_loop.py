@@ -26,6 +26,7 @@ from chat.services import turns
 from core.errors import NotFoundError
 from core.ids import minted_seconds_ago, uuid7
 from tests.chat.conftest import make_agent, make_conversation, make_provider
+from tests.polling import await_for, wait_for
 
 
 async def _follow(started) -> list[turns.TurnEvent]:
@@ -95,10 +96,7 @@ def test_rows_that_cannot_be_written_end_the_stream_with_an_error_and_call_the_r
     async def broken_write(item):
         # Once the call has reached the upstream (on a loaded machine that may take longer than
         # the rows wait): what is checked below is that calling the run off closes it.
-        for _ in range(500):
-            if fake_upstream.requests_for(key):
-                break
-            await asyncio.sleep(0.01)
+        await await_for(lambda: fake_upstream.requests_for(key), timeout=5)
         raise RuntimeError("the audit table is gone")
 
     monkeypatch.setattr(turns._loop_openings, "write", broken_write)
@@ -122,9 +120,7 @@ def test_rows_that_cannot_be_written_end_the_stream_with_an_error_and_call_the_r
     assert "could not be stored" in events[-1].data["message"]
     assert [e.event for e in events].count("error") == 1
     assert not turns._running
-    deadline = time.monotonic() + 10
-    while not fake_upstream.aborted_for(key) and time.monotonic() < deadline:
-        time.sleep(0.02)  # the fake notices the closed stream on its next write
+    wait_for(lambda: fake_upstream.aborted_for(key), timeout=10)  # noticed on the fake's next write
     assert fake_upstream.aborted_for(key) == 1
     assert not Conversation.objects.exists() and not Message.objects.exists()
     assert not AgentRun.objects.filter(agent=agent).exists()

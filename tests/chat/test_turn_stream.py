@@ -9,7 +9,6 @@ and cancel requests across processes); the single-process ones also run on the e
 from __future__ import annotations
 
 import os
-import time
 from contextlib import ExitStack
 
 import httpx
@@ -25,23 +24,13 @@ from tests.chat.conftest import (
     post_event_stream,
     read_until_end,
 )
+from tests.polling import wait_for
 from tests.support.asgi_server import run_asgi_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ENV = {"OUTBOUND_ALLOWED_HOSTS": "127.0.0.1,localhost", "OPENAI_API_KEY": "", "SSE_KEEPALIVE_SECONDS": "2"}
 LONG_MESSAGE = " ".join(f"word{i}" for i in range(40))
-
-
-def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):
-    """Poll ``predicate`` (another process does the work) until it holds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)  # waiting for another process, not asserting timing
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def assert_in_order(events, first_seq: int = 1):
