@@ -38,7 +38,7 @@ import httpx
 import openai
 from openai import AsyncOpenAI
 
-from agents.llm.sent import trace_for_sent
+from agents.llm.sent import SentTrace, trace_for_sent
 from core.outbound import guarded_async_client
 
 DEFAULT_BASES = {
@@ -179,19 +179,8 @@ class StreamingOpenAI(AsyncOpenAI):
         exactly as the choke point built it, the client's headers (key, provider headers) and
         timeout, and the SDK's exceptions for failures."""
         body = {**params, "stream": True, "stream_options": {"include_usage": True}}
-        headers = {
-            name: value
-            for name, value in {**self.default_headers, **self.auth_headers}.items()
-            if isinstance(value, str)  # the SDK's Omit markers for unset headers
-        }
         trace = trace_for_sent()  # a caller waits for the request to leave (``agents.llm.sent``)
-        request = self._client.build_request(
-            "POST",
-            f"{self.base_url}chat/completions",  # the SDK keeps base_url ending in "/"
-            content=json.dumps(body).encode(),
-            headers=headers,
-            extensions={"trace": trace} if trace is not None else None,
-        )  # the timeout is the client's own: the guarded client's, as the SDK's calls use it
+        request = self._stream_request(json.dumps(body).encode(), trace)
         if trace is not None:
             trace.watch(request.extensions)
         try:
@@ -207,6 +196,36 @@ class StreamingOpenAI(AsyncOpenAI):
                 await response.aclose()
             raise self._make_status_error_from_response(response)
         return ChunkStream(response)
+
+    def _stream_request(self, content: bytes, trace: SentTrace | None) -> httpx.Request:
+        """The request of a streamed completion: what ``self._client.build_request`` makes (the
+        client's and the SDK's headers, the key, the client's timeout), from the parts that are
+        the same for every call of this client, merged once. Merging them again on every call
+        took 0.29 ms of the loop's CPU per stream that starts, in place, against 0.13 ms now
+        (``bench/stream_inprocess.py``). A client that has kept cookies from a response merges
+        as httpx does."""
+        template = self.__dict__.get("_stream_template")
+        if template is None or self._client.cookies:
+            headers = {
+                name: value
+                for name, value in {**self.default_headers, **self.auth_headers}.items()
+                if isinstance(value, str)  # the SDK's Omit markers for unset headers
+            }
+            built = self._client.build_request(
+                "POST",
+                f"{self.base_url}chat/completions",  # the SDK keeps base_url ending in "/"
+                content=content,
+                headers=headers,
+            )  # the timeout is the client's own: the guarded client's, as the SDK's calls use it
+            if self._client.cookies:
+                if trace is not None:
+                    built.extensions["trace"] = trace
+                return built
+            del built.headers["Content-Length"]  # the body's own, set per request below
+            template = self.__dict__["_stream_template"] = (built.url, built.headers, built.extensions)
+        url, headers, extensions = template
+        extensions = {**extensions, "trace": trace} if trace is not None else extensions
+        return httpx.Request("POST", url, content=content, headers=headers, extensions=extensions)
 
 
 def make_client(provider: ResolvedProvider, *, read_timeout: float | None = None) -> AsyncOpenAI:

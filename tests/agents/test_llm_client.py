@@ -319,3 +319,47 @@ def test_work_after_the_first_event_waits_a_little_more_only_once_that_event_is_
         return after_event, after_run, after_hold
 
     assert asyncio.run(go()) == (False, True, True)
+
+
+def test_every_streamed_request_is_the_one_the_clients_own_build_request_makes(client):
+    """The request's parts that never change for a client are merged once: each call still sends
+    the client's and the SDK's headers, the key, its own body length and the client's timeout; a
+    client that has kept a cookie from a response sends it, as httpx would."""
+    sent: list = []
+
+    class Stop(Exception):
+        pass
+
+    async def capture(request):
+        merged = {**client.default_headers, **client.auth_headers}
+        headers = {name: value for name, value in merged.items() if isinstance(value, str)}
+        url = f"{client.base_url}chat/completions"
+        expected = client._client.build_request("POST", url, content=request.content, headers=headers)
+        sent.append((request, expected))  # as the client would build it now
+        raise Stop
+
+    client._client.event_hooks["request"].append(capture)
+
+    async def call(content: str):
+        with pytest.raises(Stop):
+            await client.stream_chat_completion(
+                {"model": "fake", "messages": [{"role": "user", "content": content}]}
+            )
+
+    async def go():
+        await call("one")
+        await call("a longer second body")
+        client._client.cookies.set("session", "kept")
+        await call("three")
+
+    asyncio.run(go())
+    for request, expected in sent:
+        assert sorted(request.headers.multi_items()) == sorted(expected.headers.multi_items())
+        assert request.url == expected.url
+        assert request.extensions["timeout"] == expected.extensions["timeout"]
+    requests = [request for request, _ in sent]
+    assert [int(r.headers["Content-Length"]) for r in requests] == [len(r.content) for r in requests]
+    assert len({r.headers["Content-Length"] for r in requests}) == 3
+    assert requests[0].headers["Authorization"] == "Bearer sk-test"
+    assert "Cookie" not in requests[0].headers
+    assert requests[2].headers["Cookie"] == "session=kept"
