@@ -27,6 +27,7 @@ from accounts.services.keys import api_key_create
 from tests.conftest import client_for
 from tests.core.test_errors import assert_envelope
 from tests.factories import MembershipFactory
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -477,11 +478,11 @@ def test_usage_writer_is_bounded(member, org):
 
 def _wait_for_usage(key, count: int, timeout: float = 10.0) -> None:
     """Wait for the server's writer thread (another process) to flush; bounded, not a timing check."""
-    deadline = time.monotonic() + timeout
-    while ApiKeyUsage.objects.filter(key=key).count() < count:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"fewer than {count} usage rows after {timeout}s")
-        time.sleep(0.05)
+    wait_for(
+        lambda: ApiKeyUsage.objects.filter(key=key).count() >= count,
+        timeout=timeout,
+        what=f"{count} usage rows",
+    )
 
 
 @pytest.mark.django_db(transaction=True)

@@ -20,6 +20,7 @@ from core import realtime
 from tests.accounts.factories_orgs import client_with_role, personal_key
 from tests.chat.conftest import make_agent, make_conversation, make_provider, parse_sse
 from tests.core.test_errors import assert_envelope
+from tests.polling import wait_for
 
 CHAT = "/api/v1/chat"
 
@@ -356,8 +357,6 @@ def test_a_new_conversation_writes_its_run_with_its_rows_in_one_transaction(
 def test_a_new_conversation_whose_rows_cannot_be_written_calls_its_run_off(
     org, member, fake_upstream, allow_loopback, monkeypatch, entry
 ):
-    import time
-
     from agents.models import AgentRun
     from billing.models import UsageRecord
 
@@ -368,9 +367,7 @@ def test_a_new_conversation_whose_rows_cannot_be_written_calls_its_run_off(
 
     def broken_write(openings):
         # The run is already streaming from the upstream when the rows are written.
-        deadline = time.monotonic() + 5
-        while fake_upstream.stats["requests_by_key"][key] == 0 and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_for(lambda: fake_upstream.stats["requests_by_key"][key], timeout=5)
         raise RuntimeError("the audit table is gone")
 
     monkeypatch.setattr(turns, "turn_openings_write", broken_write)
@@ -379,13 +376,9 @@ def test_a_new_conversation_whose_rows_cannot_be_written_calls_its_run_off(
         start(org=org, user=member, agent=agent, message="hi", channel="api")
 
     assert fake_upstream.stats["requests_by_key"][key] == 1
-    deadline = time.monotonic() + 10
     calls = UsageRecord.objects.filter(agent_id=agent.pk)
     # The fake notices the closed stream in its own thread, on its next write: wait for that too.
-    while (turns._running or not calls.exists() or not fake_upstream.aborted_for(key)) and (
-        time.monotonic() < deadline
-    ):
-        time.sleep(0.02)
+    wait_for(lambda: not turns._running and calls.exists() and fake_upstream.aborted_for(key), timeout=10)
     assert not turns._running  # the turn is gone
     assert fake_upstream.aborted_for(key) == 1  # the upstream stream was closed
     assert calls.count() == 1  # the call it made is metered all the same

@@ -25,6 +25,7 @@ from chat.models import Conversation, Message
 from tests.chat.conftest import make_agent, make_conversation, make_provider
 from tests.core.test_sse import redis_url  # noqa: F401  (fixture)
 from tests.factories import MembershipFactory
+from tests.polling import wait_for
 from tests.support.asgi_server import run_asgi_server, session_cookies
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -381,9 +382,7 @@ def test_chat_send_streams_deltas_with_increasing_seq_and_ends_with_done(ws_serv
     # Usage is recorded (by the billing listener, just after the last chunk) as coming from "ws".
     from billing.models import UsageRecord
 
-    deadline = time.monotonic() + 10
-    while UsageRecord.objects.filter(org=org).count() < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)  # waiting for another process's write, not asserting timing
+    wait_for(lambda: UsageRecord.objects.filter(org=org).count() >= 2, timeout=10)  # the server's write
     records = UsageRecord.objects.filter(org=org)
     assert records.count() == 2
     assert set(records.values_list("channel", flat=True)) == {"ws"}
@@ -426,9 +425,8 @@ def test_chat_abort_stops_the_turn_and_keeps_the_partial_answer(ws_server, org, 
     assert message.status == Message.Status.CANCELLED
     full = "echo: " + words
     assert message.content and full.startswith(message.content) and len(message.content) < len(full)
-    deadline = time.monotonic() + 10
-    while not fake_upstream.aborted_for(f"Bearer {provider.api_key}") and time.monotonic() < deadline:
-        time.sleep(0.05)  # waiting for another process to see the connection close
+    # The fake, in another process, notices the closed stream on its next write.
+    wait_for(lambda: fake_upstream.aborted_for(f"Bearer {provider.api_key}"), timeout=10)
     assert fake_upstream.aborted_for(f"Bearer {provider.api_key}")
 
 

@@ -5,7 +5,6 @@ test settings configure (Redis when REDIS_URL is set, else the filesystem transp
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -35,6 +34,7 @@ from core.tasks import run_job
 from tests.conftest import client_for
 from tests.core import views_for_tests  # noqa: F401  (registers the test.* job kinds)
 from tests.factories import UserFactory
+from tests.polling import wait_for
 
 JOB_FIELDS = {
     "id",
@@ -391,14 +391,15 @@ def enqueue(**fields) -> Job:
 
 def wait_until_finished(job: Job, timeout: float = 30.0) -> Job:
     """Poll the database until the worker has finished the job (bounded)."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def finished() -> Job | None:
         current = reload(job)
-        if current.is_finished:
-            return current
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {job.pk} still {current.status} after {timeout}s")
-        time.sleep(0.05)  # waiting for the worker thread, not asserting timing
+        return current if current.is_finished else None
+
+    done = wait_for(finished, timeout=timeout)
+    if done is None:
+        raise AssertionError(f"job {job.pk} still {reload(job).status} after {timeout}s")
+    return done
 
 
 @pytest.mark.django_db(transaction=True)
