@@ -27,3 +27,47 @@ def test_a_view_without_a_loop_handler_needs_no_serializer():
             return None
 
     assert callable(ThreadOnly.as_view())
+
+
+ACCEPTS = [
+    "",
+    "*/*",
+    "application/json",
+    "text/event-stream",
+    "application/json; indent=4",
+    "text/*",
+    "text/html",
+]
+
+
+@pytest.mark.parametrize("query", ["", "format=sse", "format=json", "x=1"])
+@pytest.mark.parametrize("accept", ACCEPTS)
+def test_content_negotiation_answers_what_drfs_own_answers(accept, query):
+    """The short way (no format override, an Accept any renderer or the first one satisfies) picks
+    what DRF's negotiation picks; everything else is DRF's, its 406 included."""
+    from rest_framework.exceptions import NotAcceptable
+    from rest_framework.renderers import JSONRenderer
+    from rest_framework.test import APIRequestFactory
+
+    from core.sse import EventStreamRenderer
+
+    class Plain(APIView):
+        renderer_classes = [JSONRenderer, EventStreamRenderer]
+
+    class Mixed(OwnThreadMixin, Plain):
+        pass
+
+    def negotiate(view_class):
+        request = APIRequestFactory().post(f"/x?{query}" if query else "/x", HTTP_ACCEPT=accept)
+        if not accept:
+            del request.META["HTTP_ACCEPT"]
+        view = view_class()
+        drf_request = view.initialize_request(request)
+        view.format_kwarg = None
+        try:
+            renderer, media_type = view.perform_content_negotiation(drf_request)
+        except NotAcceptable:
+            return "406"
+        return type(renderer), media_type
+
+    assert negotiate(Mixed) == negotiate(Plain)
