@@ -258,3 +258,40 @@ def test_a_body_read_while_the_key_is_checked_keeps_drf_order_and_counts_once(li
     assert "messages" in refused_body.json()["error"]["message"]
     assert passed == [200, 200]
     assert over.status_code == 429 and over.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_bodies_read_on_the_loop_answer_as_drfs_parser_does(server, raw_key, agent):
+    """Once the key's lookup is cached, streams are served on the loop, which reads a UTF-8 JSON
+    body itself (``chat.api.own_thread``): a body that DRF's parser refuses is still refused the
+    same way, and a body in another charset goes DRF's way and streams."""
+    url = f"{server.base_url}/v1/chat/completions"
+    auth = {"Authorization": f"Bearer {raw_key}"}
+    good = {"model": "fake", "messages": [{"role": "user", "content": "héllo"}], "stream": True}
+
+    def post(content: bytes, content_type: str) -> httpx.Response:
+        return http.post(url, content=content, headers={**auth, "Content-Type": content_type})
+
+    with httpx.Client(timeout=30) as http:
+        assert http.post(url, json=good, headers=auth).status_code == 200  # the key is cached now
+        streamed = post(json.dumps(good).encode(), "application/json; charset=UTF-8")
+        in_latin1 = json.dumps(good, ensure_ascii=False).encode("latin-1")
+        latin = post(in_latin1, "application/json; charset=latin-1")
+        tool = {"type": "function", "function": {"name": "f", "parameters": {"default": float("nan")}}}
+        nan = post(json.dumps({**good, "tools": [tool]}).encode(), "application/json")  # JSON has no NaN
+        not_utf8 = post(in_latin1, "application/json")
+        broken = post(b'{"model": "fake", ', "application/json")
+        text = post(json.dumps(good).encode(), "text/plain")
+
+    assert streamed.status_code == 200 and "echo: héllo" in _sse_text(streamed)
+    assert latin.status_code == 200 and "echo: héllo" in _sse_text(latin)
+    for refused in (nan, not_utf8, broken):
+        assert refused.status_code == 400, refused.text
+        assert "JSON parse error" in refused.json()["error"]["message"]
+    assert text.status_code == 415 and text.json()["error"]["message"]
+
+
+def _sse_text(response: httpx.Response) -> str:
+    """The text of a streamed completion's chunks."""
+    chunks = [line[6:] for line in response.text.splitlines() if line.startswith("data: {")]
+    deltas = [choice["delta"] for chunk in map(json.loads, chunks) for choice in chunk["choices"]]
+    return "".join(delta.get("content") or "" for delta in deltas)
