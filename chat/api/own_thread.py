@@ -7,10 +7,12 @@ API-key authentication through ``accounts.loop_auth``, then DRF's own ``initial`
 permissions, throttles: nothing there reads the database once the key is known) and the handler,
 given the body as the serializer validated it, which answers the response or None. The body is
 parsed and validated while the key's cache read is on its way to Redis and back (it needs nothing
-the key decides), but used only once the key is settled. Anything else (no settled key, a refusal,
-an invalid body, a request the handler leaves to the thread) runs the view as below, which answers
-errors exactly as before, in DRF's order (authentication before the body); nothing has been
-written or started on the loop by then.
+the key decides), but used only once the key is settled; a UTF-8 JSON body is read straight from
+its bytes (:func:`_json_body`), and the first renderer is taken without DRF's negotiation when any
+would do (:meth:`OwnThreadMixin.perform_content_negotiation`), both as DRF would decide. Anything
+else (no settled key, a refusal, an invalid body, a request the handler leaves to the thread) runs
+the view as below, which answers errors exactly as before, in DRF's order (authentication before
+the body); nothing has been written or started on the loop by then.
 
 Under an ASGI server Django runs every sync view in one thread that the whole process shares with
 every thread-sensitive ``sync_to_async`` call (the database work of agent runs, usage settlement,
