@@ -34,6 +34,7 @@ Hooks for the layers above:
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -44,7 +45,7 @@ from uuid import UUID
 from asgiref.sync import async_to_sync
 
 from agents.models import Agent, AgentRun
-from agents.services.runs import arun_save, run_build, run_finish
+from agents.services.runs import arun_save, run_check, run_finish, run_made
 from agents.tools.registry import (
     Tool,
     ToolContext,
@@ -204,18 +205,19 @@ async def _run_tool_call(
     return step
 
 
-async def _save_when_out(run: AgentRun, first_event: asyncio.Future | None) -> AgentRun:
-    """Save a run's row once its first model call's request has left (when the caller waits for
-    that: ``agents.llm.sent``) and, for a streamed run, once its first event is out
-    (``after_first_event``): compiling and sending the statement takes the loop for about a
-    millisecond, which neither the call's answer and first token nor those of the runs that
-    started at the same time should wait for."""
+async def _save_when_out(make: Callable[[], AgentRun], first_event: asyncio.Future | None) -> AgentRun:
+    """Make a run's row (``make``, its fields checked already) and save it once its first model
+    call's request has left (when the caller waits for that: ``agents.llm.sent``) and, for a
+    streamed run, once its first event is out (``after_first_event``): making the row takes the
+    loop for about 0.1 ms and compiling and sending the statement for about a millisecond, which
+    neither the call's answer and first token nor those of the runs that started at the same time
+    should wait for."""
     from agents.llm import after_first_event, after_request_sent
 
     await after_request_sent()
     if first_event is not None:
         await after_first_event(first_event)
-    return await arun_save(run)
+    return await arun_save(make())
 
 
 async def agent_events(
@@ -252,34 +254,36 @@ async def agent_events(
     if not Agent.org.is_cached(agent):  # a run built by the caller: the loop reads it from here on
         agent.org = org
     if run is None:
-        run = run_build(
-            org=org,
-            agent=agent,
-            user=user,
-            message=message,
-            conversation_id=conversation_id,
-            trigger=trigger,
+        # The fields are checked now (a bad one refuses the run before its call); the row is made
+        # and written while the first model call is on its way (``_save_when_out``): nothing
+        # before the call needs more than its id, and everything after (tools, the run's end)
+        # waits for it (``saved``).
+        checked = run_check(
+            message=message, conversation_id=conversation_id, trigger=trigger, model=agent.model or ""
         )
-        # The row is written while the first model call is on its way (``_save_when_out``):
-        # nothing before the call needs it, and everything after (tools, the run's end) waits for
-        # it (``saved``).
-        saving = asyncio.ensure_future(_save_when_out(run, first_event if stream else None))
+        run_pk = AgentRun._meta.pk.get_default()  # the id the row would get
+        make = functools.partial(run_made, org=org, agent=agent, user=user, checked=checked, pk=run_pk)
+        saving = asyncio.ensure_future(_save_when_out(make, first_event if stream else None))
     elif run_written is not None:
+        run_pk = run.pk
         saving = asyncio.ensure_future(run_written)
     else:
         raise ValueError("A run built by the caller needs run_written.")
-    run_id = str(run.pk)
+    run_id = str(run_pk)
+    given = run
 
-    async def saved() -> None:
+    async def saved() -> AgentRun:
+        """The run's row, once written."""
         if not first_event.done():  # nothing was streamed before this: the row may go now
             first_event.set_result(None)
-        await asyncio.shield(saving)
+        written = await asyncio.shield(saving)
+        return given if given is not None else written
 
     steps: list[dict[str, Any]] = []
     totals = _Totals(agent)
 
     async def finish(status: str, **fields: Any) -> AgentRun:
-        await saved()
+        run = await saved()
         return await run_db(
             run_finish,
             run=run,
@@ -311,7 +315,7 @@ async def agent_events(
         by_name = {tool.name: tool for tool in tools}
         schemas = openai_tool_schemas(tools) or None
         messages = build_messages(system_prompt=system_prompt, history=history, message=message)
-        base_ctx = ToolContext(org=org, agent=agent, user=user, run_id=run.pk)
+        base_ctx = ToolContext(org=org, agent=agent, user=user, run_id=run_pk)
         rounds = 0
         while True:
             async with aclosing(_llm_step(agent, user, messages, schemas, steps, totals, stream)) as texts:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -23,9 +24,47 @@ from core.loop_writer import LoopRowWriter
 from core.row_inserts import RowGroup, insert_rows
 
 MAX_INPUT_CHARS = 100_000
-# The fields of a new run that its caller gives (``run_build`` checks those; the rest are defaults).
-_FROM_THE_CALLER = ("conversation_id", "trigger", "input", "model")
-_NOT_FROM_THE_CALLER = [f.name for f in AgentRun._meta.fields if f.name not in _FROM_THE_CALLER]
+
+
+def run_check(*, message: str, conversation_id: UUID | None, trigger: str, model: str) -> dict[str, Any]:
+    """The fields of a new run that its caller gives, cut to their columns and cleaned as
+    ``full_clean`` cleans them; raises ``ValidationError`` (by field) for any that is not valid.
+    Only these are checked: the rest are the model's defaults (and a fresh id, whose uniqueness
+    would be a query for nothing)."""
+    fields = {
+        "conversation_id": conversation_id,
+        "trigger": trigger[:32],
+        "input": message[:MAX_INPUT_CHARS],
+        "model": model[:200],
+    }
+    errors: dict[str, list] = {}
+    for name, value in fields.items():
+        field = AgentRun._meta.get_field(name)
+        if field.blank and value in field.empty_values:
+            continue  # as Model.clean_fields: a blank value of a field that may be blank is kept
+        try:
+            fields[name] = field.clean(value, None)
+        except ValidationError as exc:
+            errors[name] = exc.error_list
+    if errors:
+        raise ValidationError(errors)
+    return fields
+
+
+def run_made(
+    *, org: Organization, agent: Agent, user: User | None, checked: dict[str, Any], pk: UUID | None = None
+) -> AgentRun:
+    """A run (status running, not saved) with the fields :func:`run_check` returned."""
+    run = AgentRun(
+        org=org,
+        agent=agent,
+        user=user if user is not None and getattr(user, "is_authenticated", False) else None,
+        status=AgentRun.Status.RUNNING,
+        **checked,
+    )
+    if pk is not None:
+        run.pk = pk
+    return run
 
 
 def run_build(
@@ -39,21 +78,10 @@ def run_build(
 ) -> AgentRun:
     """A run (status running) of the agent for this message, checked but not saved yet: the runtime
     saves it (``run_save``) while the first model call is already on its way."""
-    run = AgentRun(
-        org=org,
-        agent=agent,
-        user=user if user is not None and getattr(user, "is_authenticated", False) else None,
-        conversation_id=conversation_id,
-        trigger=trigger[:32],
-        status=AgentRun.Status.RUNNING,
-        input=message[:MAX_INPUT_CHARS],
-        model=(agent.model or "")[:200],
+    checked = run_check(
+        message=message, conversation_id=conversation_id, trigger=trigger, model=agent.model or ""
     )
-    # Only what the caller gave is checked: the rest are the model's defaults (and a fresh id, whose
-    # uniqueness would be a query for nothing). Cleaning every field was half of this function's
-    # time, on the path to the run's model call.
-    run.full_clean(exclude=_NOT_FROM_THE_CALLER, validate_unique=False)
-    return run
+    return run_made(org=org, agent=agent, user=user, checked=checked)
 
 
 def run_rows(run: AgentRun) -> tuple[AgentRun, AuditLog | None]:

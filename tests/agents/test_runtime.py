@@ -512,3 +512,57 @@ def test_a_run_is_checked_for_what_its_caller_gave(org, provider):
     assert list(refused.value.message_dict) == ["conversation_id"]
     run = run_build(org=org, agent=agent, user=None, message="x" * 10, trigger="t" * 40)
     assert (run.trigger, run.input, run.status) == ("t" * 32, "x" * 10, AgentRun.Status.RUNNING)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_whose_fields_are_refused_makes_no_call_and_no_row(org, member, provider, fake_upstream):
+    """The run's fields are checked before its model call, though its row is made after."""
+    from django.core.exceptions import ValidationError
+
+    from agents.runtime.loop import arun_agent
+
+    agent = make_agent(org, provider, "fake-model-1")
+    before = fake_upstream.stats["requests"]
+    with pytest.raises(ValidationError) as refused:
+        asyncio.run(arun_agent(agent=agent, message="hi", user=member, conversation_id="not-a-uuid"))
+    assert list(refused.value.message_dict) == ["conversation_id"]
+    with pytest.raises(ValidationError) as refused:
+        asyncio.run(arun_agent(agent=agent, message="hi", user=member, trigger=""))
+    assert list(refused.value.message_dict) == ["trigger"]
+    assert fake_upstream.stats["requests"] == before
+    assert not AgentRun.objects.filter(agent=agent).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_streamed_runs_row_is_made_once_its_request_has_left(org, member, provider, monkeypatch):
+    """Making the run's row is not on the path to its model call (under ``request_sent_signal``,
+    as the /v1 views call it); the row keeps the id that the run's events carried from the start,
+    and the caller's fields, cleaned."""
+    from agents.llm import request_sent_signal
+    from agents.runtime import loop
+
+    agent = make_agent(org, provider, "fake-model-1")
+    real_made = loop.run_made
+    sent_when_made: list[bool] = []
+
+    def run_made(**kwargs):
+        sent_when_made.append(sent.done())
+        return real_made(**kwargs)
+
+    monkeypatch.setattr(loop, "run_made", run_made)
+    conversation = uuid.uuid4()
+
+    async def scenario():
+        nonlocal sent
+        with request_sent_signal() as sent:
+            events = loop.agent_events(
+                agent=agent, message="a b", user=member, stream=True, conversation_id=str(conversation)
+            )
+            return [event async for event in events]
+
+    sent = None
+    *progress, end = asyncio.run(scenario())
+    assert sent_when_made == [True]
+    row = AgentRun.objects.get(pk=end["run"].pk)
+    assert {event["run_id"] for event in progress} == {str(row.pk)}
+    assert (row.conversation_id, row.input, row.output) == (conversation, "a b", "echo: a b")
