@@ -54,17 +54,17 @@ def run_check(*, message: str, conversation_id: UUID | None, trigger: str, model
 def run_made(
     *, org: Organization, agent: Agent, user: User | None, checked: dict[str, Any], pk: UUID | None = None
 ) -> AgentRun:
-    """A run (status running, not saved) with the fields :func:`run_check` returned."""
-    run = AgentRun(
+    """A run (status running, not saved) with the fields :func:`run_check` returned, and ``pk``
+    as its id when given (one drawn before the run was made), else the model's default."""
+    given_id = {} if pk is None else {AgentRun._meta.pk.attname: pk}
+    return AgentRun(
         org=org,
         agent=agent,
         user=user if user is not None and getattr(user, "is_authenticated", False) else None,
         status=AgentRun.Status.RUNNING,
         **checked,
+        **given_id,
     )
-    if pk is not None:
-        run.pk = pk
-    return run
 
 
 def run_build(
@@ -76,8 +76,10 @@ def run_build(
     conversation_id: UUID | None = None,
     trigger: str = "wake",
 ) -> AgentRun:
-    """A run (status running) of the agent for this message, checked but not saved yet: the runtime
-    saves it (``run_save``) while the first model call is already on its way."""
+    """A run (status running) of the agent for this message, checked but not saved yet, for a
+    caller that writes its row with rows of its own (a chat turn that opens a conversation). The
+    runtime checks the fields of its own runs before their first model call and makes the row
+    (:func:`run_made`) while that call is on its way."""
     checked = run_check(
         message=message, conversation_id=conversation_id, trigger=trigger, model=agent.model or ""
     )
@@ -85,8 +87,9 @@ def run_build(
 
 
 def run_rows(run: AgentRun) -> tuple[AgentRun, AuditLog | None]:
-    """A run that ``run_build`` made and, for an explicit wake, its ``agent.woken`` audit row (with
-    the request details of the calling context), both unsaved: for :func:`runs_write`."""
+    """A run that ``run_build`` or ``run_made`` made and, for an explicit wake, its ``agent.woken``
+    audit row (with the request details of the calling context), both unsaved: for
+    :func:`runs_write`."""
     audit = None
     if run.trigger == "wake":
         audit = audit_entry(
@@ -114,7 +117,7 @@ def runs_write(items: list[tuple[AgentRun, AuditLog | None]]) -> None:
 
 
 def run_save(run: AgentRun) -> AgentRun:
-    """Insert a run that ``run_build`` made; an explicit wake is audited with it."""
+    """Insert a run that ``run_build`` or ``run_made`` made; an explicit wake is audited with it."""
     runs_write([run_rows(run)])
     return run
 
