@@ -363,6 +363,7 @@ def test_a_streamed_runs_row_is_written_once_its_request_left_and_its_first_delt
     )
     agent = make_agent(org, provider, "slow")
     monkeypatch.setattr(llm_sent, "FIRST_EVENT_HOLD_SECONDS", 30.0)  # the first delta, however late
+    monkeypatch.setattr(llm_sent, "REQUEST_SENT_WAIT_SECONDS", 30.0)  # and the request, however slow
     writer = runs._loop_run_saves
     real_write = writer.write
     deltas: list[str] = []
@@ -539,9 +540,13 @@ def test_a_streamed_runs_row_is_made_once_its_request_has_left(org, member, prov
     as the /v1 views call it); the row keeps the id that the run's events carried from the start,
     and the caller's fields, cleaned."""
     from agents.llm import request_sent_signal
+    from agents.llm import sent as llm_sent
     from agents.runtime import loop
 
     agent = make_agent(org, provider, "fake-model-1")
+    # The row waits for the request this long at most; on a busy machine opening the connection
+    # to the fake upstream can take longer than the default's 10 ms.
+    monkeypatch.setattr(llm_sent, "REQUEST_SENT_WAIT_SECONDS", 30.0)
     real_made = loop.run_made
     sent_when_made: list[bool] = []
 
