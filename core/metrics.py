@@ -50,6 +50,12 @@ STREAMS_OPEN = Gauge(
     ["kind"],
     registry=REGISTRY,
 )
+STREAM_ADMISSION_WAIT = Histogram(
+    "platform_stream_admission_wait_seconds",
+    "Time a request that starts a stream waited for a slot before its work (core.admission).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+    registry=REGISTRY,
+)
 JOBS_FINISHED = Counter(
     "platform_jobs_finished_total",
     "Background jobs that ended, by kind and final status.",

@@ -12,7 +12,9 @@ its bytes (:func:`_json_body`), and the first renderer is taken without DRF's ne
 would do (:meth:`OwnThreadMixin.perform_content_negotiation`), both as DRF would decide. Anything
 else (no settled key, a refusal, an invalid body, a request the handler leaves to the thread) runs
 the view as below, which answers errors exactly as before, in DRF's order (authentication before
-the body); nothing has been written or started on the loop by then.
+the body); nothing has been written or started on the loop by then. That work on the loop is let in
+through ``core.admission``, a few requests at a time in arrival order, so that in a burst the first
+streams' calls leave (and their first tokens go out) before the later requests' work is done.
 
 Under an ASGI server Django runs every sync view in one thread that the whole process shares with
 every thread-sensitive ``sync_to_async`` call (the database work of agent runs, usage settlement,
@@ -40,6 +42,7 @@ from django import db
 from django.core.exceptions import ImproperlyConfigured
 
 from agents.llm import on_short_lived_loop
+from core import admission
 
 VIEW_THREADS = 16
 _executor: ThreadPoolExecutor | None = None
@@ -164,7 +167,8 @@ class OwnThreadMixin:
             if on_short_lived_loop():  # a sync caller: its thread, its connection (and test transaction)
                 return await sync_to_async(view)(request, *args, **kwargs)
             if on_loop and request.method == "POST":
-                response = await _on_loop(cls, initkwargs, request, args, kwargs)
+                async with admission.stream_start():  # in arrival order (core.admission)
+                    response = await _on_loop(cls, initkwargs, request, args, kwargs)
                 if response is not None:
                     return response
             in_own_thread = sync_to_async(run, thread_sensitive=False, executor=_view_executor())

@@ -486,6 +486,11 @@ LLM_RESOLVE_STALE_SECONDS = env.int("LLM_RESOLVE_STALE_SECONDS", default=30)
 AGENT_OFFLINE_AFTER = env.int("AGENT_OFFLINE_AFTER", default=300)
 # /v1/chat/completions and /v1/responses may name a provider model (MEMBER+, not agent keys).
 OPENAI_RAW_MODELS = env.bool("OPENAI_RAW_MODELS", default=True)
+# Requests that start streams do their work before the model call a few at a time, in arrival
+# order (core.admission): slots at once (0: no gate), and how long one may hold its slot at most.
+STREAM_ADMISSION_SLOTS = env.int("STREAM_ADMISSION_SLOTS", default=2)
+STREAM_ADMISSION_HOLD_MS = env.float("STREAM_ADMISSION_HOLD_MS", default=5.0)
+STREAM_ADMISSION_MAX_WAIT_MS = env.float("STREAM_ADMISSION_MAX_WAIT_MS", default=100.0)
 # bench/stream_fanout.py only: an upstream URL mounts a bare relay at /v1/_bench/relay/… (never in prod).
 BENCH_RELAY_UPSTREAM = env.str("BENCH_RELAY_UPSTREAM", default="")
 

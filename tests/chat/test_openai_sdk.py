@@ -5,6 +5,7 @@ upstream behind it: what a client of OpenAI's API sees when it points ``base_url
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -295,3 +296,32 @@ def _sse_text(response: httpx.Response) -> str:
     chunks = [line[6:] for line in response.text.splitlines() if line.startswith("data: {")]
     deltas = [choice["delta"] for chunk in map(json.loads, chunks) for choice in chunk["choices"]]
     return "".join(delta.get("content") or "" for delta in deltas)
+
+
+def _admission_count(base_url: str) -> float:
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith("platform_stream_admission_wait_seconds_count"):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_streams_started_at_once_pass_the_admission_gate_and_each_gets_its_answer(server, raw_key, agent):
+    """Six streams started together go through ``core.admission`` (two slots, the server's
+    default): each is let in once, in turn, and each gets its own whole answer."""
+    before = _admission_count(server.base_url)
+
+    def one(index: int) -> str:
+        base_url = f"{server.base_url}/v1"
+        with openai.OpenAI(base_url=base_url, api_key=raw_key, max_retries=0, timeout=30) as sdk:
+            model = "fake" if index % 2 else f"agent:{agent.key}"
+            stream = sdk.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": f"stream {index}"}], stream=True
+            )
+            return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(one, range(6)))
+
+    assert answers == [f"echo: stream {index}" for index in range(6)]
+    assert _admission_count(server.base_url) - before == 6
