@@ -231,6 +231,7 @@ async def agent_events(
     stream: bool = False,
     run: AgentRun | None = None,
     run_written: Awaitable[Any] | None = None,
+    run_id: UUID | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """Run the agent once on ``message``, yielding its events as they happen (each with the run's
     ``run_id``), and last ``{"type": "end", "run": <the finished AgentRun>}``; see the module doc.
@@ -241,8 +242,10 @@ async def agent_events(
     as cancelled, as cancelling the reader's task does.
 
     A caller that writes the run's row itself, with rows of its own in one transaction (a chat
-    turn that opens a conversation), passes the ``run`` it built (``run_build``) and
-    ``run_written``, which completes once that row is committed (or raises if it was not)."""
+    turn that opens a conversation), passes ``run_written``, which completes once that row is
+    committed (or raises if it was not), and either the ``run`` it built (``run_build``) or only
+    the ``run_id`` it will have: then ``run_written`` answers the row (the caller makes it after
+    the call has left, as the runtime makes its own)."""
     started = time.perf_counter()
     first_event = asyncio.get_running_loop().create_future()
     if run is not None:
@@ -253,7 +256,9 @@ async def agent_events(
         org = await run_db(lambda: agent.org)  # load the FK off the event loop, once
     if not Agent.org.is_cached(agent):  # a run built by the caller: the loop reads it from here on
         agent.org = org
-    if run is None:
+    if run_written is None:
+        if run is not None or run_id is not None:
+            raise ValueError("A run built by the caller needs run_written.")
         # The fields are checked now (a bad one refuses the run before its call); the row is made
         # and written while the first model call is on its way (``_save_when_out``): nothing
         # before the call needs more than its id, and everything after (tools, the run's end)
@@ -264,12 +269,12 @@ async def agent_events(
         run_pk = AgentRun._meta.pk.get_default()  # the id the row would get
         make = functools.partial(run_made, org=org, agent=agent, user=user, checked=checked, pk=run_pk)
         saving = asyncio.ensure_future(_save_when_out(make, first_event if stream else None))
-    elif run_written is not None:
-        run_pk = run.pk
-        saving = asyncio.ensure_future(run_written)
     else:
-        raise ValueError("A run built by the caller needs run_written.")
-    run_id = str(run_pk)
+        run_pk = run.pk if run is not None else run_id
+        if run_pk is None:
+            raise ValueError("run_written needs the run or its run_id.")
+        saving = asyncio.ensure_future(run_written)
+    events_run_id = str(run_pk)
     given = run
 
     async def saved() -> AgentRun:
@@ -302,7 +307,7 @@ async def agent_events(
     def event(fields: dict[str, Any]) -> dict[str, Any]:
         if not first_event.done():  # the reader hands it out before this generator goes on
             first_event.set_result(None)
-        fields["run_id"] = run_id
+        fields["run_id"] = events_run_id
         return fields
 
     try:

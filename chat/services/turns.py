@@ -61,10 +61,10 @@ from django.utils import timezone
 
 from accounts.models import Membership
 from agents.llm import after_first_event, request_sent_signal, until_request_sent
-from agents.models import Agent
+from agents.models import Agent, AgentRun
 from agents.registries import estimate_cost_micros
 from agents.selectors.agents import AgentViewer, aagent_for_run, agent_for_run
-from agents.services.runs import run_build
+from agents.services.runs import run_check, run_made
 from chat.models import Conversation, Message, MessageEvent
 from chat.models.conversations import Channel
 from chat.selectors.conversations import conversation_get, conversation_llm_history
@@ -415,14 +415,17 @@ def _opening_turn(
     turn = _make_turn(
         started=started, org=org, user=user, agent=agent_row, message=text, history=[], channel=channel
     )
-    # Its run's row is written with its rows (``turn_openings_write``), not apart by the runtime.
-    turn.run_row = run_build(
-        org=org,
-        agent=agent_row,
-        user=user,
-        message=text,
-        conversation_id=started.conversation_id,
-        trigger="chat",
+    # Its run's row is written with its rows (``turn_openings_write``), not apart by the runtime;
+    # its fields are checked now, and the row is made with the others (``_opening_rows``), after
+    # the call has left, as the runtime makes its own runs' rows.
+    checked = run_check(
+        message=text, conversation_id=started.conversation_id, trigger="chat", model=agent_row.model or ""
+    )
+    if not Agent.org.is_cached(agent_row):  # the run reads it on the loop
+        agent_row.org = org
+    turn.run_pk = AgentRun._meta.pk.get_default()  # the id its row will have
+    turn.make_run = functools.partial(
+        run_made, org=org, agent=agent_row, user=user, checked=checked, pk=turn.run_pk
     )
     opening = {
         "org": org,
@@ -432,7 +435,6 @@ def _opening_turn(
         "channel": channel,
         "started": started,
         "on_disconnect": on_disconnect,
-        "run": turn.run_row,
     }
     return turn, opening
 
@@ -457,8 +459,9 @@ _loop_openings: LoopRowWriter[OpeningRows] = LoopRowWriter(
 )
 
 
-def _opening_rows(writes: dict[str, Any]) -> OpeningRows:
-    return turn_opening_rows(**writes)
+def _opening_rows(turn: _Turn, writes: dict[str, Any]) -> OpeningRows:
+    turn.run_row = turn.make_run()
+    return turn_opening_rows(**writes, run=turn.run_row)
 
 
 def _opened(turn: _Turn, error: BaseException | None) -> None:
@@ -495,7 +498,7 @@ async def astart_turn(
         _spawn(turn, stored=False)
         try:
             if on_short_lived_loop():  # a sync caller (a test): its thread, connection and transaction
-                await sync_to_async(_write_opening_rows)(_opening_rows(writes))
+                await sync_to_async(_write_opening_rows)(_opening_rows(turn, writes))
             else:  # a server's loop: the call goes out first, then the answer, then the rows
                 await until_request_sent(turn.request_sent, turn.task)
                 turn.opening = asyncio.get_running_loop().create_task(_store_opening(turn, writes))
@@ -521,7 +524,7 @@ async def _store_opening(turn: _Turn, writes: dict[str, Any]) -> None:
     Then the hub writes the turn's log; if they fail, the turn is abandoned."""
     try:
         await after_first_event(turn.first_event, turn.task)
-        await _loop_openings.write(_opening_rows(writes))
+        await _loop_openings.write(_opening_rows(turn, writes))
     except BaseException as exc:
         _opened(turn, exc)
         if isinstance(exc, asyncio.CancelledError):
@@ -550,9 +553,9 @@ def start_turn(
         _spawn(turn, stored=False)
         try:
             if server_loop_of_this_thread() is not None:  # a view thread under an ASGI server
-                _openings.write(_opening_rows(writes))
+                _openings.write(_opening_rows(turn, writes))
             else:  # a test, a Celery task: this thread's connection (and transaction)
-                _write_opening_rows(_opening_rows(writes))
+                _write_opening_rows(_opening_rows(turn, writes))
         except BaseException as exc:
             _opened(turn, exc)
             raise
@@ -1034,7 +1037,10 @@ class _Turn:
         self._first_event: asyncio.Future | None = None
         self.opening: asyncio.Task | None = None  # writes its rows (``_store_opening``)
         self.run_id: str | None = None
-        self.run_row = None  # an AgentRun written with the turn's rows (``_opening_turn``)
+        # The run written with the turn's rows (``_opening_turn``): its id, its maker, the row.
+        self.run_pk: Any = None
+        self.make_run: Any = None
+        self.run_row = None
         self.cancel_reason: str | None = None
         self.abandoned = False  # its messages could not be written: the run is called off
         # Every event so far, for followers on the same loop (no database, no channel layer).
@@ -1126,6 +1132,11 @@ class _Turn:
             return  # its followers were given the turn's ``error`` already
         self._announce(TurnEvent(seq=self.seq, event=event, data=data))
 
+    async def _run_stored(self):
+        """The run's row, once the turn's rows (its own among them) are committed."""
+        await self.stored
+        return self.run_row
+
     def mark_stored(self) -> None:
         """Its messages are committed: the hub may write its log (on the turn's loop)."""
         if not self.stored.done():
@@ -1187,8 +1198,8 @@ class _Turn:
                         history=self.history,
                         on_event=self.on_run_event,
                         stream=True,
-                        run=self.run_row,
-                        run_written=self.stored if self.run_row is not None else None,
+                        run_id=self.run_pk,
+                        run_written=self._run_stored() if self.run_pk is not None else None,
                     )
                 )
             if self.cancel_reason is not None:  # cancelled before the task existed

@@ -84,6 +84,46 @@ def test_the_first_delta_goes_out_before_the_rows_are_written_and_the_rows_follo
 
 
 @pytest.mark.django_db(transaction=True)
+def test_the_turns_run_is_made_with_its_rows_after_its_request_has_left(
+    org, member, fake_upstream, allow_loopback, monkeypatch
+):
+    """The turn's ``AgentRun`` is not on the path to its model call: its fields are checked first,
+    the row is made with the turn's other rows, under the id its events carried from the start."""
+    agent = make_agent(org, make_provider(org, fake_upstream), model="slow")
+    agent.org = org
+    monkeypatch.setattr(llm_sent, "REQUEST_SENT_WAIT_SECONDS", 30.0)  # the request, however slow
+    running: list[turns._Turn] = []
+    sent_when_made: list[bool] = []
+    real_made = turns.run_made
+
+    def run_made(**kwargs):
+        sent_when_made.append(running[0].request_sent.done())
+        return real_made(**kwargs)
+
+    monkeypatch.setattr(turns, "run_made", run_made)
+
+    async def main():
+        started = await turns.astart_turn(org=org, user=member, agent=agent, message="a b", channel="api")
+        running.append(turns._running[str(started.message_id)])
+        events = await _follow(started)
+        await _close_clients()
+        return started, events
+
+    started, events = asyncio.run(main())
+
+    assert sent_when_made == [True]
+    run = AgentRun.objects.get(pk=running[0].run_pk)
+    assert (run.conversation_id, run.trigger, run.input, run.status) == (
+        started.conversation_id,
+        "chat",
+        "a b",
+        AgentRun.Status.SUCCEEDED,
+    )
+    assert Message.objects.get(pk=started.message_id).run_id == run.pk
+    assert events[-1].event == "message.end"
+
+
+@pytest.mark.django_db(transaction=True)
 def test_rows_that_cannot_be_written_end_the_stream_with_an_error_and_call_the_run_off(
     org, member, fake_upstream, allow_loopback, monkeypatch
 ):
