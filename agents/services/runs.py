@@ -77,9 +77,10 @@ def run_build(
     trigger: str = "wake",
 ) -> AgentRun:
     """A run (status running) of the agent for this message, checked but not saved yet, for a
-    caller that writes its row with rows of its own (a chat turn that opens a conversation). The
-    runtime checks the fields of its own runs before their first model call and makes the row
-    (:func:`run_made`) while that call is on its way."""
+    caller that writes its row with rows of its own and needs the instance before the run starts
+    (``agent_events(run=…)``). The runtime, and a chat turn that opens a conversation, check the
+    fields first (:func:`run_check`) and make the row (:func:`run_made`) once the run's first
+    model call is on its way."""
     checked = run_check(
         message=message, conversation_id=conversation_id, trigger=trigger, model=agent.model or ""
     )
