@@ -60,9 +60,11 @@ def test_requests_are_let_in_one_after_another_in_the_order_they_came():
     assert free == 2
 
 
-def test_a_slot_held_past_the_hold_goes_to_the_next_request_and_is_not_handed_on_twice():
+def _next_while_one_holds(gate: Admission) -> tuple[list[str], int, int]:
+    """A request that holds its slot until the next one is in, and that next one: their log, and
+    the gate's free slots and waiters once both are done."""
+
     async def scenario():
-        gate = Admission(1, hold=0.02, max_wait=30)
         log: list[str] = []
         holder_done = asyncio.Event()
 
@@ -72,43 +74,29 @@ def test_a_slot_held_past_the_hold_goes_to_the_next_request_and_is_not_handed_on
                 await holder_done.wait()
             log.append("slow out")
 
-        async def quick():
+        async def following():
             await asyncio.sleep(0)  # after the slow one
             async with gate.slot():
-                log.append("quick in")
+                log.append("next in")
             holder_done.set()
 
-        await asyncio.gather(slow(), quick())
-        return log, gate._free
+        await asyncio.gather(slow(), following())
+        return log, gate._free, len(gate._waiting)
 
-    log, free = _run(scenario)
-    assert log == ["slow in", "quick in", "slow out"]
+    return _run(scenario)
+
+
+def test_a_slot_held_past_the_hold_goes_to_the_next_request_and_is_not_handed_on_twice():
+    log, free, _waiting = _next_while_one_holds(Admission(1, hold=0.02, max_wait=30))
+
+    assert log == ["slow in", "next in", "slow out"]
     assert free == 1  # the slow one's late exit did not hand a second slot on
 
 
 def test_a_request_that_waited_long_enough_goes_on_without_a_slot():
-    async def scenario():
-        gate = Admission(1, hold=30, max_wait=0.02)
-        log: list[str] = []
-        holder_done = asyncio.Event()
+    log, free, waiting = _next_while_one_holds(Admission(1, hold=30, max_wait=0.02))
 
-        async def slow():
-            async with gate.slot():
-                log.append("slow in")
-                await holder_done.wait()
-            log.append("slow out")
-
-        async def waiting():
-            await asyncio.sleep(0)  # after the slow one
-            async with gate.slot():
-                log.append("waiting in")
-            holder_done.set()
-
-        await asyncio.gather(slow(), waiting())
-        return log, gate._free, len(gate._waiting)
-
-    log, free, waiting = _run(scenario)
-    assert log == ["slow in", "waiting in", "slow out"]
+    assert log == ["slow in", "next in", "slow out"]
     assert (free, waiting) == (1, 0)  # it took no slot, and gave none back
 
 
