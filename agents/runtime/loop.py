@@ -34,7 +34,6 @@ Hooks for the layers above:
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -45,7 +44,7 @@ from uuid import UUID
 from asgiref.sync import async_to_sync
 
 from agents.models import Agent, AgentRun
-from agents.services.runs import arun_save, run_check, run_finish, run_made
+from agents.services.runs import arun_save, run_finish, run_later
 from agents.tools.registry import (
     Tool,
     ToolContext,
@@ -263,11 +262,9 @@ async def agent_events(
         # and written while the first model call is on its way (``_save_when_out``): nothing
         # before the call needs more than its id, and everything after (tools, the run's end)
         # waits for it (``saved``).
-        checked = run_check(
-            message=message, conversation_id=conversation_id, trigger=trigger, model=agent.model or ""
+        run_pk, make = run_later(
+            org=org, agent=agent, user=user, message=message, conversation_id=conversation_id, trigger=trigger
         )
-        run_pk = AgentRun._meta.pk.get_default()  # the id the row would get
-        make = functools.partial(run_made, org=org, agent=agent, user=user, checked=checked, pk=run_pk)
         saving = asyncio.ensure_future(_save_when_out(make, first_event if stream else None))
     else:
         run_pk = run.pk if run is not None else run_id

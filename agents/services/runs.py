@@ -8,6 +8,8 @@ loop many times a conversation, are recorded on their run rows only.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
@@ -67,6 +69,26 @@ def run_made(
     )
 
 
+def run_later(
+    *,
+    org: Organization,
+    agent: Agent,
+    user: User | None,
+    message: str,
+    conversation_id: UUID | None = None,
+    trigger: str = "wake",
+) -> tuple[UUID, Callable[[], AgentRun]]:
+    """A run's id and the maker of its row, the fields checked now (:func:`run_check`; a bad one
+    raises before anything starts) and the row made when the maker is called: for the runtime
+    and a chat turn that opens a conversation, which need only the id before the run's first
+    model call and make the row once that call is on its way."""
+    checked = run_check(
+        message=message, conversation_id=conversation_id, trigger=trigger, model=agent.model or ""
+    )
+    pk = AgentRun._meta.pk.get_default()  # the id the row would get
+    return pk, functools.partial(run_made, org=org, agent=agent, user=user, checked=checked, pk=pk)
+
+
 def run_build(
     *,
     org: Organization,
@@ -78,13 +100,12 @@ def run_build(
 ) -> AgentRun:
     """A run (status running) of the agent for this message, checked but not saved yet, for a
     caller that writes its row with rows of its own and needs the instance before the run starts
-    (``agent_events(run=…)``). The runtime, and a chat turn that opens a conversation, check the
-    fields first (:func:`run_check`) and make the row (:func:`run_made`) once the run's first
-    model call is on its way."""
-    checked = run_check(
-        message=message, conversation_id=conversation_id, trigger=trigger, model=agent.model or ""
+    (``agent_events(run=…)``). The runtime, and a chat turn that opens a conversation, make it
+    later (:func:`run_later`)."""
+    _pk, make = run_later(
+        org=org, agent=agent, user=user, message=message, conversation_id=conversation_id, trigger=trigger
     )
-    return run_made(org=org, agent=agent, user=user, checked=checked)
+    return make()
 
 
 def run_rows(run: AgentRun) -> tuple[AgentRun, AuditLog | None]:

@@ -61,10 +61,10 @@ from django.utils import timezone
 
 from accounts.models import Membership
 from agents.llm import after_first_event, request_sent_signal, until_request_sent
-from agents.models import Agent, AgentRun
+from agents.models import Agent
 from agents.registries import estimate_cost_micros
 from agents.selectors.agents import AgentViewer, aagent_for_run, agent_for_run
-from agents.services.runs import run_check, run_made
+from agents.services.runs import run_later
 from chat.models import Conversation, Message, MessageEvent
 from chat.models.conversations import Channel
 from chat.selectors.conversations import conversation_get, conversation_llm_history
@@ -418,15 +418,16 @@ def _opening_turn(
     # Its run's row is written with its rows (``turn_openings_write``), not apart by the runtime;
     # its fields are checked now, and the row is made with the others (``_opening_rows``), after
     # the call has left, as the runtime makes its own runs' rows.
-    checked = run_check(
-        message=text, conversation_id=started.conversation_id, trigger="chat", model=agent_row.model or ""
+    turn.run_pk, turn.make_run = run_later(
+        org=org,
+        agent=agent_row,
+        user=user,
+        message=text,
+        conversation_id=started.conversation_id,
+        trigger="chat",
     )
     if not Agent.org.is_cached(agent_row):  # the run reads it on the loop
         agent_row.org = org
-    turn.run_pk = AgentRun._meta.pk.get_default()  # the id its row will have
-    turn.make_run = functools.partial(
-        run_made, org=org, agent=agent_row, user=user, checked=checked, pk=turn.run_pk
-    )
     opening = {
         "org": org,
         "user": user,

@@ -542,19 +542,20 @@ def test_a_streamed_runs_row_is_made_once_its_request_has_left(org, member, prov
     from agents.llm import request_sent_signal
     from agents.llm import sent as llm_sent
     from agents.runtime import loop
+    from agents.services import runs
 
     agent = make_agent(org, provider, "fake-model-1")
     # The row waits for the request this long at most; on a busy machine opening the connection
     # to the fake upstream can take longer than the default's 10 ms.
     monkeypatch.setattr(llm_sent, "REQUEST_SENT_WAIT_SECONDS", 30.0)
-    real_made = loop.run_made
+    real_made = runs.run_made
     sent_when_made: list[bool] = []
 
     def run_made(**kwargs):
         sent_when_made.append(sent.done())
         return real_made(**kwargs)
 
-    monkeypatch.setattr(loop, "run_made", run_made)
+    monkeypatch.setattr(runs, "run_made", run_made)
     conversation = uuid.uuid4()
 
     async def scenario():

@@ -18,6 +18,7 @@ import pytest
 
 from agents.llm import sent as llm_sent
 from agents.models import AgentRun
+from agents.services import runs
 from chat.models import Conversation, Message, MessageEvent
 from chat.selectors import messages as message_selectors
 from chat.selectors.conversations import conversation_get
@@ -94,13 +95,13 @@ def test_the_turns_run_is_made_with_its_rows_after_its_request_has_left(
     monkeypatch.setattr(llm_sent, "REQUEST_SENT_WAIT_SECONDS", 30.0)  # the request, however slow
     running: list[turns._Turn] = []
     sent_when_made: list[bool] = []
-    real_made = turns.run_made
+    real_made = runs.run_made
 
     def run_made(**kwargs):
         sent_when_made.append(running[0].request_sent.done())
         return real_made(**kwargs)
 
-    monkeypatch.setattr(turns, "run_made", run_made)
+    monkeypatch.setattr(runs, "run_made", run_made)
 
     async def main():
         started = await turns.astart_turn(org=org, user=member, agent=agent, message="a b", channel="api")
